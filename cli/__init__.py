@@ -1,0 +1,1 @@
+"""The ``journeys`` command line. Thin: it parses arguments and calls the packages."""

@@ -1,0 +1,1 @@
+"""Webhook ingest: verify, normalize and store provider events."""

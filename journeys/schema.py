@@ -1,0 +1,153 @@
+"""The JSON Schemas shipped with the package, and their errors in words, at the right line.
+
+jsonschema reports every failing keyword; a person wants one sentence at the line of the
+offending node. Errors inside ``oneOf``/``anyOf`` are narrowed to the alternative the
+author evidently meant (the deepest, type-matching one), unless the schema node carries
+an ``errorMessage`` that says it better.
+"""
+
+from __future__ import annotations
+
+import difflib
+import heapq
+import json
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, relevance
+
+from journeys.errors import Diagnostic
+from journeys.yamlsrc import Document
+
+Kind = Literal["journey", "config", "test"]
+KINDS: tuple[Kind, ...] = ("journey", "config", "test")
+
+
+@cache
+def schema_text(kind: Kind) -> str:
+    """The schema exactly as shipped (what ``journeys schema KIND`` prints)."""
+    return resources.files("journeys.schemas").joinpath(f"{kind}.schema.json").read_text("utf-8")
+
+
+@cache
+def schema(kind: Kind) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(schema_text(kind))
+    return loaded
+
+
+@cache
+def validator(kind: Kind) -> Draft202012Validator:
+    return Draft202012Validator(schema(kind))
+
+
+def _narrow(error: ValidationError) -> ValidationError:
+    """Descend into oneOf/anyOf contexts to the error the author most likely meant."""
+    while error.context:
+        smallest = heapq.nsmallest(2, error.context, key=relevance)
+        tie = len(smallest) == 2 and relevance(smallest[0]) == relevance(smallest[1])
+        has_message = isinstance(error.schema, dict) and "errorMessage" in error.schema
+        deeper = len(smallest[0].absolute_path) > len(error.absolute_path)
+        if tie or (has_message and not deeper):
+            return error
+        error = smallest[0]
+    return error
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+_TYPE_WORDS = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "text",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _is_property_name_error(error: ValidationError) -> bool:
+    return "propertyNames" in error.absolute_schema_path
+
+
+def _message(error: ValidationError) -> str:
+    schema_node = error.schema if isinstance(error.schema, dict) else {}
+    value = error.instance
+    custom = schema_node.get("errorMessage")
+    if _is_property_name_error(error):
+        text = custom or error.message
+        return f"key {value!r}: {text}"
+    if custom:
+        if isinstance(value, (str, int, float, bool)) and error.validator != "required":
+            return f"{custom} (got {value!r})"
+        return str(custom)
+    kind = error.validator
+    if kind == "required" and isinstance(value, dict):
+        missing = [k for k in error.validator_value if k not in value]
+        names = ", ".join(repr(k) for k in missing)
+        return f"missing required key {names}" if len(missing) == 1 else f"missing required keys {names}"
+    if kind == "additionalProperties" and isinstance(value, dict):
+        allowed = list(schema_node.get("properties", {}))
+        extras = [k for k in value if k not in allowed and not k.startswith("x-")]
+        extra = extras[0] if extras else "?"
+        hint = _suggest(extra, allowed)
+        return f"unknown key {extra!r}{hint}; allowed here: {', '.join(allowed)}"
+    if kind == "type":
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted)
+        return f"expected {words}, got {_describe(value)}"
+    if kind == "enum":
+        options = [str(o) for o in error.validator_value]
+        hint = _suggest(str(value), options)
+        return f"{value!r} is not one of: {', '.join(options)}{hint}"
+    if kind == "const":
+        return f"expected {error.validator_value!r}, got {value!r}"
+    if kind in ("minItems", "minProperties") and error.validator_value == 1:
+        return "must not be empty"
+    if kind == "pattern":
+        return f"{value!r} does not match the pattern {error.validator_value}"
+    return error.message
+
+
+def _location_path(error: ValidationError) -> tuple[tuple[str | int, ...], bool]:
+    path = tuple(error.absolute_path)
+    if _is_property_name_error(error) and isinstance(error.instance, str):
+        return (*path, error.instance), True
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        extras = [k for k in error.instance if k not in allowed and not k.startswith("x-")]
+        if extras:
+            return (*path, extras[0]), True
+    return path, False
+
+
+def check(doc: Document, kind: Kind) -> list[Diagnostic]:
+    """Every schema violation in *doc*, one sentence each, sorted by line."""
+    found: dict[tuple[int, int, str], Diagnostic] = {}
+    for raw in validator(kind).iter_errors(doc.data):
+        error = _narrow(raw)
+        path, at_key = _location_path(error)
+        diag = doc.diagnostic(path, _message(error), key=at_key, code="schema")
+        found.setdefault((diag.location.line, diag.location.column, diag.message), diag)
+    return sorted(found.values(), key=lambda d: (d.location.line, d.location.column))
