@@ -29,10 +29,11 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _graph(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from journeys.deployment import find_root, template_index
     from journeys.graph import FORMATS
     from journeys.loader import load_journey
-    from pathlib import Path
 
     root = find_root(Path(args.file))
     journey = load_journey(args.file, template_index(root) if root else None)

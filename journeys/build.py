@@ -131,7 +131,9 @@ class _Builder:
             reentry=reentry,
             vars=freeze(data.get("vars", {})),
             exit=tuple(ExitRule(on=e["on"], when=e.get("when"), to=e.get("to")) for e in data.get("exit", [])),
-            goal=None if goal is None else Goal(on=goal["on"], within_ms=parse_ms(goal["within"]), when=goal.get("when")),
+            goal=None
+            if goal is None
+            else Goal(on=goal["on"], within_ms=parse_ms(goal["within"]), when=goal.get("when")),
             retry=freeze(self.policies),
             file=file,
         )

@@ -124,10 +124,14 @@ class JourneyChecker:
         for i, rule in enumerate(self.data.get("exit", [])):
             if "when" in rule:
                 self.check_expression(("exit", i, "when"), rule["when"], expressions.ALL_NAMES, self.var_names)
-            if "to" in rule and self.check_target(("exit", i, "to"), rule["to"], "exit"):
-                if not self.states[rule["to"]].get("final", False):
-                    self.error(("exit", i, "to"), f"exit goes to {rule['to']!r}, which is not final: "
-                               "an exit ends the instance, so its state must have final: true")
+            target = rule.get("to")
+            if (
+                target is not None
+                and self.check_target(("exit", i, "to"), target, "exit")
+                and not self.states[target].get("final", False)
+            ):
+                self.error(("exit", i, "to"), f"exit goes to {target!r}, which is not final: "
+                           "an exit ends the instance, so its state must have final: true")
 
     def check_goal(self) -> None:
         goal = self.data.get("goal")
@@ -215,10 +219,10 @@ class JourneyChecker:
             self.check_template((*path, "with", *sub), value, expressions.ALL_NAMES, self.var_names)
         channel = SEND_CHANNELS.get(name)
         template = inputs.get("template")
-        if channel and isinstance(template, str) and self.templates is not None:
-            if template not in self.templates.get(channel, set()):
-                self.error((*path, "with", "template"), f"no template {template!r} for {channel}: expected a "
-                           f"file templates/{channel}/{template}.* in the deployment", code="unknown-template")
+        known_templates = None if self.templates is None or not channel else self.templates.get(channel, set())
+        if isinstance(template, str) and known_templates is not None and template not in known_templates:
+            self.error((*path, "with", "template"), f"no template {template!r} for {channel}: expected a "
+                       f"file templates/{channel}/{template}.* in the deployment", code="unknown-template")
 
     def check_reachable(self) -> None:
         seen: set[str] = set()

@@ -59,33 +59,36 @@ def parse_template(source: str) -> nodes.Template:
     return environment().parse(source)
 
 
-def _names_in(tree: nodes.Node) -> set[str]:
+def _all_nodes(tree: nodes.Node) -> list[nodes.Node]:
+    # find_all() skips the node it starts from, and an expression may be a single node.
+    return [tree, *tree.find_all(nodes.Node)]
+
+
+def _names_in(tree: list[nodes.Node]) -> set[str]:
+    names = [n for n in tree if isinstance(n, nodes.Name)]
     # Names that a template binds itself ({% set %}, loop variables) are not free.
-    bound = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
-    return {n.name for n in tree.find_all(nodes.Name) if n.ctx == "load" and n.name not in bound}
+    bound = {n.name for n in names if n.ctx in ("store", "param")}
+    return {n.name for n in names if n.ctx == "load" and n.name not in bound}
 
 
-def _unknown_filters(tree: nodes.Node) -> Iterable[Problem]:
+def _unknown_filters(tree: list[nodes.Node]) -> Iterable[Problem]:
     env = environment()
-    for node in tree.find_all(nodes.Filter):
-        if node.name not in env.filters:
+    for node in tree:
+        if isinstance(node, nodes.Filter) and node.name not in env.filters:
             yield Problem(f"unknown filter {node.name!r}", node.lineno)
-    for test in tree.find_all(nodes.Test):
-        if test.name not in env.tests:
-            yield Problem(f"unknown test {test.name!r}", test.lineno)
+        elif isinstance(node, nodes.Test) and node.name not in env.tests:
+            yield Problem(f"unknown test {node.name!r}", node.lineno)
 
 
-def _var_references(tree: nodes.Node) -> Iterable[tuple[str, int]]:
-    for node in tree.find_all(nodes.Getattr):
-        if isinstance(node.node, nodes.Name) and node.node.name == "vars":
+def _var_references(tree: list[nodes.Node]) -> Iterable[tuple[str, int]]:
+    for node in tree:
+        if not isinstance(node, (nodes.Getattr, nodes.Getitem)):
+            continue
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "vars"):
+            continue
+        if isinstance(node, nodes.Getattr):
             yield node.attr, node.lineno
-    for node in tree.find_all(nodes.Getitem):
-        if (
-            isinstance(node.node, nodes.Name)
-            and node.node.name == "vars"
-            and isinstance(node.arg, nodes.Const)
-            and isinstance(node.arg.value, str)
-        ):
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
             yield node.arg.value, node.lineno
 
 
@@ -106,11 +109,13 @@ def check(
         kind = "template" if template else "expression"
         return [Problem(f"{kind} is {len(source)} characters long; the limit is {limit}")]
     try:
-        tree: nodes.Node = parse_template(source) if template else parse_expression(source)
+        root: nodes.Node = parse_template(source) if template else parse_expression(source)
     except TemplateSyntaxError as exc:
         return [Problem(f"Jinja syntax error: {exc.message}", exc.lineno or 1)]
+    tree = _all_nodes(root)
     problems = list(_unknown_filters(tree))
-    for name in sorted(_names_in(tree) - names):
+    # The sandbox's globals (range, dict, namespace, ...) are always in scope.
+    for name in sorted(_names_in(tree) - names - set(environment().globals)):
         hint = ", ".join(sorted(names))
         problems.append(Problem(f"unknown name {name!r} (names in scope: {hint})"))
     if known_vars is not None and "vars" in names:

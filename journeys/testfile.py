@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -19,7 +19,7 @@ from journeys.errors import Diagnostic
 from journeys.model import Journey, freeze
 from journeys.yamlsrc import Document
 
-DEFAULT_START = datetime(2026, 1, 5, 10, 0, 0, tzinfo=timezone.utc)
+DEFAULT_START = datetime(2026, 1, 5, 10, 0, 0, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
