@@ -14,6 +14,8 @@ from actions.registry import SEND_CHANNELS, is_known, known_action_names
 from journeys import expressions
 from journeys.durations import DurationSyntaxError, parse_ms
 from journeys.errors import Diagnostic, PathPart
+from journeys.events import is_reserved, unknown_reserved
+from journeys.secrets import looks_like_secret
 from journeys.yamlsrc import Document
 
 Path = tuple[PathPart, ...]
@@ -60,7 +62,10 @@ class JourneyChecker:
         self.out.append(self.doc.diagnostic(path, message, key=key, severity="warning", code="warning"))
 
     def run(self) -> list[Diagnostic]:
-        self.check_target(("initial",), self.data["initial"], "initial")
+        version = self.data["version"]
+        if not isinstance(version, int) or isinstance(version, bool):
+            self.error(("version",), f"version must be a whole number like 3, not {version!r}")
+        initial_ok = self.check_target(("initial",), self.data["initial"], "initial")
         self.check_subject()
         self.check_triggers()
         self.check_vars()
@@ -69,7 +74,8 @@ class JourneyChecker:
         self.check_policies()
         for name, state in self.states.items():
             self.check_state(name, state)
-        self.check_reachable()
+        if initial_ok:  # without a start, every state would be reported unreachable
+            self.check_reachable()
         return self.out
 
     # -- names -------------------------------------------------------------------
@@ -88,14 +94,31 @@ class JourneyChecker:
         self, path: Path, source: str, names: frozenset[str], known_vars: Iterable[str] | None = None
     ) -> None:
         for problem in expressions.check(source, template=False, names=names, known_vars=known_vars):
-            self.error(path, problem.message, code="expression")
+            where = self.doc.locate_in_text(path, problem.line)
+            self.out.append(self.doc.diagnostic(path, problem.message, code="expression", location=where))
 
     def check_template(
-        self, path: Path, source: str, names: frozenset[str], known_vars: Iterable[str] | None = None
+        self,
+        path: Path,
+        source: str,
+        names: frozenset[str],
+        known_vars: Iterable[str] | None = None,
+        later_vars: Iterable[str] = (),
     ) -> None:
-        for problem in expressions.check(source, template=True, names=names, known_vars=known_vars):
-            where = f" (line {problem.line} of the template)" if problem.line > 1 else ""
-            self.error(path, problem.message + where, code="template")
+        for problem in expressions.check(
+            source, template=True, names=names, known_vars=known_vars, later_vars=later_vars
+        ):
+            where = self.doc.locate_in_text(path, problem.line)
+            self.out.append(self.doc.diagnostic(path, problem.message, code="template", location=where))
+        what = looks_like_secret(source)
+        if what:
+            self.error(path, f"this looks like {what}: secrets must not live in git; "
+                       "keep them in the environment of the deployment", code="secret-literal")
+
+    def check_event_type(self, path: Path, event_type: str, *, key: bool = False) -> None:
+        reason = unknown_reserved(event_type)
+        if reason:
+            self.error(path, reason, key=key, code="unknown-event")
 
     def check_subject(self) -> None:
         subject = self.data.get("subject", "contact")
@@ -108,20 +131,21 @@ class JourneyChecker:
             (("trigger", i), t) for i, t in enumerate(triggers)
         ]
         for path, trigger in items:
+            self.check_event_type((*path, "on"), trigger["on"])
             if "when" in trigger:
                 # vars do not exist yet when a trigger is tested
                 self.check_expression((*path, "when"), trigger["when"], expressions.TRIGGER_NAMES)
 
     def check_vars(self) -> None:
-        seen: list[str] = []
-        for name, value in self.data.get("vars", {}).items():
+        names = list(self.data.get("vars", {}))
+        for i, (name, value) in enumerate(self.data.get("vars", {}).items()):
             if isinstance(value, str):
                 # a var may use the ones captured before it, in file order
-                self.check_template(("vars", name), value, expressions.VARS_NAMES, seen)
-            seen.append(name)
+                self.check_template(("vars", name), value, expressions.VARS_NAMES, names[:i], names[i:])
 
     def check_exits(self) -> None:
         for i, rule in enumerate(self.data.get("exit", [])):
+            self.check_event_type(("exit", i, "on"), rule["on"])
             if "when" in rule:
                 self.check_expression(("exit", i, "when"), rule["when"], expressions.ALL_NAMES, self.var_names)
             target = rule.get("to")
@@ -135,18 +159,27 @@ class JourneyChecker:
 
     def check_goal(self) -> None:
         goal = self.data.get("goal")
+        if goal:
+            self.check_event_type(("goal", "on"), goal["on"])
         if goal and "when" in goal:
             self.check_expression(("goal", "when"), goal["when"], expressions.ALL_NAMES, self.var_names)
 
     def check_policies(self) -> None:
         for name, policy in self.policies.items():
-            initial = parse_ms(policy.get("initial", "1s"))
-            most = parse_ms(policy.get("max", "5m"))
-            if initial > most:
-                self.error(("retry", name), f"retry policy {name!r}: initial ({policy.get('initial', '1s')}) "
-                           f"is longer than max ({policy.get('max', '5m')})")
-            if parse_ms(policy.get("timeout", "10s")) == 0:
-                self.error(("retry", name, "timeout"), "a timeout of 0 would fail every attempt")
+            self.check_policy(("retry", name), f"retry policy {name!r}", policy)
+
+    def check_policy(self, path: Path, what: str, policy: dict[str, Any]) -> None:
+        initial = parse_ms(policy.get("initial", "1s"))
+        most = parse_ms(policy.get("max", "5m"))
+        if initial > most:
+            where = (*path, "initial") if "initial" in policy else path
+            self.error(where, f"{what}: initial ({policy.get('initial', '1s')}) is longer than max "
+                       f"({policy.get('max', '5m')})")
+        if parse_ms(policy.get("timeout", "10s")) == 0:
+            self.error((*path, "timeout"), f"{what}: a timeout of 0 would fail every attempt")
+        attempts = policy.get("max_attempts", 5)
+        if isinstance(attempts, float):
+            self.error((*path, "max_attempts"), f"max_attempts must be a whole number, not {attempts!r}")
 
     # -- states ------------------------------------------------------------------
 
@@ -172,6 +205,7 @@ class JourneyChecker:
                            "an instance there would wait forever; add a transition or a timer, "
                            "or mark it final: true", key=True, code="dead-end")
         for event, spec in on.items():
+            self.check_event_type((*base, "on", event), event, key=True)
             entries = transitions_of(spec)
             unguarded_at: int | None = None
             for index, entry in entries:
@@ -208,6 +242,8 @@ class JourneyChecker:
             self.error((*path, "action"), f"unknown action {name!r}{_hint(name, names)}; "
                        f"known actions: {', '.join(names)}", code="unknown-action")
         retry = action.get("retry")
+        if isinstance(retry, dict):
+            self.check_policy((*path, "retry"), "this retry policy", retry)
         if isinstance(retry, str) and retry != "default" and retry not in self.policies:
             defined = ", ".join(self.policies) or "none"
             self.error((*path, "retry"), f"retry policy {retry!r} is not defined in this file's retry "
@@ -217,6 +253,9 @@ class JourneyChecker:
             if sub and sub[0] in _NOT_TEMPLATES:
                 continue
             self.check_template((*path, "with", *sub), value, expressions.ALL_NAMES, self.var_names)
+        if name == "emit" and isinstance(inputs.get("type"), str) and is_reserved(inputs["type"]):
+            self.error((*path, "with", "type"), f"emit raises business events; {inputs['type']!r} is in a "
+                       "namespace that only providers and the engine produce")
         channel = SEND_CHANNELS.get(name)
         template = inputs.get("template")
         known_templates = None if self.templates is None or not channel else self.templates.get(channel, set())

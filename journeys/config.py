@@ -18,6 +18,7 @@ from typing import Any
 from journeys import schema
 from journeys.durations import parse_ms
 from journeys.errors import ConfigError, DefinitionError, Diagnostic, PathPart
+from journeys.secrets import looks_like_secret
 from journeys.yamlsrc import Document, load_file
 
 ENV_PREFIX = "env:"
@@ -26,16 +27,6 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Fields whose value is a credential: they must be env:NAME.
 SECRET_FIELDS = frozenset({"secret", "public_key", "verify_token", "auth_token", "api_key", "password"})
 
-# Shapes of well-known credentials, caught wherever they are pasted.
-_SECRET_SHAPES = [
-    (re.compile(r"^SG\.[\w-]{16,}\.[\w-]{16,}$"), "a SendGrid API key"),
-    (re.compile(r"^whsec_[A-Za-z0-9+/=]{16,}$"), "a Standard Webhooks secret"),
-    (re.compile(r"^(sk|rk)_(live|test)_[A-Za-z0-9]{16,}$"), "an API secret key"),
-    (re.compile(r"^key-[0-9a-f]{32}$"), "a Mailgun key"),
-    (re.compile(r"^xox[abprs]-[A-Za-z0-9-]{10,}$"), "a Slack token"),
-    (re.compile(r"^-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
-    (re.compile(r"^KEY[0-9A-F]{20,}_[A-Za-z0-9]{16,}$"), "a Telnyx API key"),
-]
 # Fields that are addresses, not credentials, however long they are.
 _PLAIN_FIELDS = frozenset({"public_url", "api_base", "from", "host", "username", "messaging_service_sid",
                            "status_source", "provider", "account_sid"})
@@ -122,11 +113,10 @@ def check_config(doc: Document) -> list[Diagnostic]:
             continue
         if name in _PLAIN_FIELDS:
             continue
-        for pattern, what in _SECRET_SHAPES:
-            if pattern.match(value):
-                out.append(doc.diagnostic(path, f"this looks like {what}: secrets must not live in git; "
-                                          "write env:NAME instead", code="secret-literal"))
-                break
+        what = looks_like_secret(value)
+        if what:
+            out.append(doc.diagnostic(path, f"this looks like {what}: secrets must not live in git; "
+                                      "write env:NAME instead", code="secret-literal"))
     sources: dict[str, Any] = data.get("sources", {})
     for channel, spec in data.get("channels", {}).items():
         status_source = spec.get("status_source")

@@ -64,11 +64,29 @@ def _all_nodes(tree: nodes.Node) -> list[nodes.Node]:
     return [tree, *tree.find_all(nodes.Node)]
 
 
-def _names_in(tree: list[nodes.Node]) -> set[str]:
+def _names_in(tree: list[nodes.Node]) -> dict[str, int]:
+    """Free names and the line each first appears on."""
     names = [n for n in tree if isinstance(n, nodes.Name)]
     # Names that a template binds itself ({% set %}, loop variables) are not free.
     bound = {n.name for n in names if n.ctx in ("store", "param")}
-    return {n.name for n in names if n.ctx == "load" and n.name not in bound}
+    free: dict[str, int] = {}
+    for n in names:
+        if n.ctx == "load" and n.name not in bound:
+            free[n.name] = min(free.get(n.name, n.lineno), n.lineno)
+    return free
+
+
+def _private_attributes(tree: list[nodes.Node]) -> Iterable[Problem]:
+    # The sandbox refuses these at run time; refusing them here saves a failed send.
+    for node in tree:
+        name = None
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            name = node.arg.value
+        if name is not None and name.startswith("_"):
+            yield Problem(f"attribute {name!r} is not allowed: names starting with '_' are refused by the sandbox",
+                          node.lineno)
 
 
 def _unknown_filters(tree: list[nodes.Node]) -> Iterable[Problem]:
@@ -98,30 +116,44 @@ def check(
     template: bool,
     names: frozenset[str] = ALL_NAMES,
     known_vars: Iterable[str] | None = None,
+    later_vars: Iterable[str] = (),
 ) -> list[Problem]:
     """Static problems of one expression (``template=False``) or template.
 
     *names* are the names in scope; *known_vars*, when given, are the keys that
-    ``vars.NAME`` may refer to.
+    ``vars.NAME`` may refer to; *later_vars* are vars defined after this one.
     """
     limit = MAX_TEMPLATE_LENGTH if template else MAX_EXPRESSION_LENGTH
     if len(source) > limit:
         kind = "template" if template else "expression"
         return [Problem(f"{kind} is {len(source)} characters long; the limit is {limit}")]
+    stripped = source.strip()
+    if not template and stripped.startswith("{{") and stripped.endswith("}}"):
+        return [Problem("this is an expression already: write it without the {{ }}")]
     try:
         root: nodes.Node = parse_template(source) if template else parse_expression(source)
     except TemplateSyntaxError as exc:
         return [Problem(f"Jinja syntax error: {exc.message}", exc.lineno or 1)]
     tree = _all_nodes(root)
-    problems = list(_unknown_filters(tree))
+    problems = [*_unknown_filters(tree), *_private_attributes(tree)]
+    hint = ", ".join(sorted(names))
     # The sandbox's globals (range, dict, namespace, ...) are always in scope.
-    for name in sorted(_names_in(tree) - names - set(environment().globals)):
-        hint = ", ".join(sorted(names))
-        problems.append(Problem(f"unknown name {name!r} (names in scope: {hint})"))
+    globals_ = set(environment().globals)
+    for name, line in sorted(_names_in(tree).items()):
+        if name in names or name in globals_:
+            continue
+        if name in ALL_NAMES:
+            problems.append(Problem(f"{name!r} is not available here: this expression runs before the instance "
+                                    f"exists, so nothing is captured yet (names in scope: {hint})", line))
+        else:
+            problems.append(Problem(f"unknown name {name!r} (names in scope: {hint})", line))
     if known_vars is not None and "vars" in names:
-        defined = set(known_vars)
+        defined, later = set(known_vars), set(later_vars)
         for attr, line in _var_references(tree):
-            if attr not in defined:
+            if attr in later:
+                problems.append(Problem(f"vars.{attr} is defined later in vars: a var can only use the vars "
+                                        "above it", line))
+            elif attr not in defined:
                 listed = ", ".join(sorted(defined)) or "none defined"
                 problems.append(Problem(f"vars.{attr} is not defined (vars: {listed})", line))
-    return problems
+    return sorted(problems, key=lambda p: p.line)

@@ -9,7 +9,6 @@ an ``errorMessage`` that says it better.
 from __future__ import annotations
 
 import difflib
-import heapq
 import json
 import re
 from functools import cache
@@ -18,7 +17,7 @@ from typing import Any, Literal
 
 import jsonschema_rs
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, relevance
+from jsonschema.exceptions import ValidationError
 
 from journeys.errors import Diagnostic
 from journeys.yamlsrc import Document
@@ -50,17 +49,36 @@ def fast_validator(kind: Kind) -> jsonschema_rs.Draft202012Validator:
     return jsonschema_rs.Draft202012Validator(schema(kind))
 
 
+# When alternatives fail at the same depth, the keyword that best tells what to fix.
+_PRIORITY = {"additionalProperties": 0, "required": 1, "enum": 2, "const": 2, "pattern": 3}
+
+
+def _key(error: ValidationError) -> tuple[int, bool, int]:
+    # deeper first; then errors of an alternative whose type matched; then by keyword
+    return (-len(error.path), error.validator == "type", _PRIORITY.get(str(error.validator), 5))
+
+
 def _narrow(error: ValidationError) -> ValidationError:
     """Descend into oneOf/anyOf contexts to the error the author most likely meant."""
     while error.context:
-        smallest = heapq.nsmallest(2, error.context, key=relevance)
-        tie = len(smallest) == 2 and relevance(smallest[0]) == relevance(smallest[1])
+        best = min(error.context, key=_key)
         has_message = isinstance(error.schema, dict) and "errorMessage" in error.schema
-        deeper = len(smallest[0].absolute_path) > len(error.absolute_path)
-        if tie or (has_message and not deeper):
+        deeper = len(best.absolute_path) > len(error.absolute_path)
+        if not deeper and (has_message or best.validator == "type"):
+            # Either the schema says it best, or no alternative even had the right type:
+            # the oneOf itself is the message ("expected a mapping or a list").
             return error
-        error = smallest[0]
+        error = best
     return error
+
+
+def _wanted_types(error: ValidationError) -> list[str]:
+    wanted: list[str] = []
+    for sub in error.context or []:
+        if sub.validator == "type" and len(sub.path) == 0:
+            values = sub.validator_value if isinstance(sub.validator_value, list) else [sub.validator_value]
+            wanted += [str(v) for v in values if str(v) not in wanted]
+    return wanted
 
 
 def _describe(value: Any) -> str:
@@ -121,6 +139,9 @@ def _message(error: ValidationError) -> str:
         return str(custom)
     kind = str(error.validator)
     expected: Any = error.validator_value
+    if kind in ("oneOf", "anyOf") and _wanted_types(error):
+        words = " or ".join(_TYPE_WORDS.get(w, w) for w in _wanted_types(error))
+        return f"expected {words}, got {_describe(value)}"
     if kind == "required" and isinstance(value, dict):
         missing = [k for k in expected if k not in value]
         names = ", ".join(repr(k) for k in missing)
@@ -141,8 +162,13 @@ def _message(error: ValidationError) -> str:
         return f"{value!r} is not one of: {', '.join(options)}{hint}"
     if kind == "const":
         return f"expected {expected!r}, got {value!r}"
-    if kind in ("minItems", "minProperties") and expected == 1:
+    if kind in ("minItems", "minProperties", "minLength") and expected == 1:
         return "must not be empty"
+    field = next((p for p in reversed(error.absolute_path) if isinstance(p, str)), "the value")
+    if kind == "minimum":
+        return f"{field} must be at least {expected}, got {value!r}"
+    if kind == "maximum":
+        return f"{field} must be at most {expected}, got {value!r}"
     if kind == "pattern":
         return f"{value!r} does not match the pattern {expected}"
     return error.message
@@ -152,6 +178,14 @@ def _location_path(error: ValidationError) -> tuple[tuple[str | int, ...], bool]
     path = tuple(error.absolute_path)
     if _is_property_name_error(error) and isinstance(error.instance, str):
         return (*path, error.instance), True
+    if error.validator == "required" and path:
+        # the key that holds the incomplete mapping, not the mapping's first key
+        return path, True
+    if error.validator == "not" and isinstance(error.validator_value, dict) and isinstance(error.instance, dict):
+        # "not both a and b": point at the second one written
+        present = [k for k in error.validator_value.get("required", []) if k in error.instance]
+        if present:
+            return (*path, present[-1]), True
     if error.validator == "additionalProperties":
         extras = _extra_keys(error)
         if extras:

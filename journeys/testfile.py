@@ -16,6 +16,7 @@ from actions.registry import is_known
 from journeys import schema
 from journeys.durations import parse_ms
 from journeys.errors import Diagnostic
+from journeys.events import unknown_reserved
 from journeys.model import Journey, freeze
 from journeys.yamlsrc import Document
 
@@ -123,6 +124,10 @@ def check_against(doc: Document, journeys: Mapping[tuple[str, int], Journey]) ->
     journey = journeys[(data["journey"], version)]
     out = []
     for i, case in enumerate(data["cases"]):
+        for j, step in enumerate(case["events"]):
+            reason = unknown_reserved(step.get("type", ""))
+            if reason:
+                out.append(doc.diagnostic(("cases", i, "events", j, "type"), reason, code="unknown-event"))
         exp = case["expect"]
         if "state" in exp and exp["state"] not in journey.states:
             out.append(doc.diagnostic(("cases", i, "expect", "state"), f"journey {journey.id!r} has no state "

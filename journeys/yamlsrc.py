@@ -71,6 +71,17 @@ class Document:
     text: str = ""
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    # block scalars (| and >): the file line of their first line of text
+    blocks: dict[Path, int] = field(default_factory=dict)
+
+    def locate_in_text(self, path: Path, text_line: int) -> Location:
+        """The file position of line *text_line* (from 1) of the string at *path*."""
+        if path in self.blocks:
+            return Location(self.file, self.blocks[path] + text_line - 1, 1)
+        where = self.locate(path)
+        if text_line <= 1:
+            return where
+        return Location(self.file, where.line + text_line - 1, 1)
 
     def locate(self, path: Path, *, key: bool = False) -> Location:
         """The position of the node at *path* (of its key with ``key=True``).
@@ -99,10 +110,10 @@ class Document:
         key: bool = False,
         severity: str = "error",
         code: str = "invalid",
+        location: Location | None = None,
     ) -> Diagnostic:
-        return Diagnostic(
-            self.locate(path, key=key), message, tuple(path), severity, code  # type: ignore[arg-type]
-        )
+        where = location or self.locate(path, key=key)
+        return Diagnostic(where, message, tuple(path), severity, code)  # type: ignore[arg-type]
 
 
 class _Builder:
@@ -110,6 +121,7 @@ class _Builder:
         self.file = file
         self.values: dict[Path, tuple[int, int]] = {}
         self.keys: dict[Path, tuple[int, int]] = {}
+        self.blocks: dict[Path, int] = {}
         self.count = 0
         self.active: set[int] = set()
 
@@ -148,6 +160,8 @@ class _Builder:
         if not tag.startswith(_TAG):
             raise self.fail(node, f"custom YAML tag {tag!r} is not supported", path)
         kind = tag[len(_TAG) :]
+        if node.style in ("|", ">"):
+            self.blocks[path] = node.start_mark.line + 2
         if node.style or kind == "str":  # quoted or block scalars are always text
             return node.value
         if kind in ("bool", "int", "float", "null", "timestamp", "value", "merge"):
@@ -203,6 +217,31 @@ class _Builder:
         return pairs
 
 
+_UNCLOSED = {
+    "while parsing a flow mapping": "this '{' is never closed",
+    "while parsing a flow sequence": "this '[' is never closed",
+    "while scanning a quoted scalar": "this quoted string is never closed",
+}
+
+
+def _explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
+    """Line, column and words for a parser error, at the place a person must fix."""
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    problem = exc.problem or "malformed YAML"
+    context = exc.context or ""
+    lines = text.splitlines()
+    if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line][: mark.column + 1]:
+        return line, col, "a tab character cannot indent YAML: use spaces"
+    if "expected a single document" in context:
+        return line, col, "a file holds one document; remove the extra '---'"
+    start = exc.context_mark
+    if context in _UNCLOSED and start is not None:
+        # The parser notices at the end of the stream or the next line; the fix is where it opened.
+        return start.line + 1, start.column + 1, f"{_UNCLOSED[context]} ({problem})"
+    return line, col, problem
+
+
 def load_text(text: str, file: str = "<string>") -> Document:
     """Parse one YAML document; raise :class:`DefinitionError` with the line of any problem."""
     try:
@@ -212,11 +251,7 @@ def load_text(text: str, file: str = "<string>") -> Document:
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or "malformed YAML"
-        if exc.context and "expected a single document" in exc.context:
-            problem = "a file holds one document; remove the extra '---'"
+        line, col, problem = _explain(exc, text)
         message = f"malformed YAML: {problem}"
         raise DefinitionError([Diagnostic(Location(file, line, col), message, (), "error", "yaml")]) from exc
     except yaml.YAMLError as exc:
@@ -226,7 +261,7 @@ def load_text(text: str, file: str = "<string>") -> Document:
         raise DefinitionError([Diagnostic(Location(file, 1, 1), "the file is empty", (), "error", "yaml")])
     builder = _Builder(file)
     data = builder.build(root, ())
-    return Document(file, data, text, builder.values, builder.keys)
+    return Document(file, data, text, builder.values, builder.keys, builder.blocks)
 
 
 def load_file(path: str) -> Document:

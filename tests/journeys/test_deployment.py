@@ -12,7 +12,7 @@ Write = Callable[[str, str], Path]
 JOURNEY = """
 journey: greet
 version: 1
-trigger: {on: contact.created}
+trigger: {on: user.signed_up}
 initial: hello
 states:
   hello:

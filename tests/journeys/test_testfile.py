@@ -42,10 +42,11 @@ def test_unknown_journey_state_action_and_version(write: Write) -> None:
         journey: ping
         cases:
           - name: wrong state
-            events: [{type: ping.sent}]
+            events: [{type: ping.sent}, {type: message.deliverd}]
             expect: {state: dnoe, actions: [send_smss]}
         """)
     found = [(d.location.line, d.message) for d in validate([str(test)]).errors]
+    assert any(line == 4 and "unknown event type 'message.deliverd'" in msg for line, msg in found)
     assert (5, "journey 'ping' has no state 'dnoe' (states: waiting, done)") in found
     assert (5, "unknown action 'send_smss'") in found
     other = write("other.test.yaml",

@@ -100,8 +100,9 @@ def test_empty_file() -> None:
 def test_malformed_yaml_points_at_the_problem() -> None:
     with pytest.raises(DefinitionError) as info:
         load_text("a:\n  b: [1, 2\n  c: 3\n", "m.yaml")
-    assert info.value.location.line == 3
-    assert "malformed YAML" in info.value.message
+    # the parser notices on line 3; the '[' to close is on line 2
+    assert (info.value.location.line, info.value.location.column) == (2, 6)
+    assert "this '[' is never closed" in info.value.message
 
 
 def test_non_utf8_file(write: Callable[[str, str], Path]) -> None:

@@ -1,0 +1,227 @@
+"""Evaluate journey expressions and render templates, safely and within bounds.
+
+Jinja's sandbox stops attribute escapes (``__class__``, ``mro``, unsafe ``format``) but
+bounds nothing. Here we add the bounds: a work budget counted on every attribute access,
+call, operator and ``range`` item; refusal of ``*``/``**`` whose result would be huge;
+capped ``range``; capped template output. Work is counted, never timed, so the same
+input always gives the same result (the interpreter is pure).
+
+Every failure surfaces as :class:`journeys.errors.ExpressionError`, which the interpreter
+records against the instance; nothing here can crash the engine.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2.runtime import Context, Undefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from journeys import expressions
+from journeys.errors import ExpressionError
+
+MAX_OUTPUT = 64 * 1024          # characters one template may produce
+MAX_WORK = 100_000              # attribute reads, calls, operators and range items per evaluation
+MAX_RANGE = 10_000              # items one range() may have
+MAX_REPEAT = 64 * 1024          # length of a repeated string or list ('-' * n)
+MAX_POWER_BITS = 256            # bits of an integer built with ** or *
+
+_work: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("journeys_work", default=None)
+
+
+def _spend(amount: int = 1) -> None:
+    budget = _work.get()
+    if budget is None:
+        return
+    budget[0] -= amount
+    if budget[0] < 0:
+        raise ExpressionError(f"too much work: over {MAX_WORK} operations in one expression or template")
+
+
+def _bounded_range(*args: int) -> range:
+    result = range(*args)
+    if len(result) > MAX_RANGE:
+        raise ExpressionError(f"range() of {len(result)} items; the limit is {MAX_RANGE}")
+    _spend(len(result))
+    return result
+
+
+def _size(value: Any) -> int | None:
+    return len(value) if isinstance(value, (str, list, tuple)) else None
+
+
+def _check_mul(left: Any, right: Any) -> None:
+    for seq, count in ((left, right), (right, left)):
+        size = _size(seq)
+        if size is not None and isinstance(count, int) and size * count > MAX_REPEAT:
+            raise ExpressionError(f"repeating a value {count} times would exceed {MAX_REPEAT} items")
+    if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
+        raise ExpressionError("multiplication result too large")
+
+
+def _check_pow(left: Any, right: Any) -> None:
+    if isinstance(left, (int, float)) and isinstance(right, (int, float)):
+        base_bits = max(abs(int(left)).bit_length(), 1)
+        if right > 0 and base_bits * right > MAX_POWER_BITS:
+            raise ExpressionError(f"{left} ** {right} is too large")
+
+
+class JourneySandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox plus work, size and operator bounds."""
+
+    intercepted_binops = frozenset({"*", "**", "+"})
+
+    def call_binop(self, context: Context, op: str, left: Any, right: Any) -> Any:
+        _spend()
+        if op == "*":
+            _check_mul(left, right)
+        elif op == "**":
+            _check_pow(left, right)
+        elif op == "+":
+            ls, rs = _size(left), _size(right)
+            if ls is not None and rs is not None and ls + rs > MAX_REPEAT:
+                raise ExpressionError(f"concatenation longer than {MAX_REPEAT}")
+        return super().call_binop(context, op, left, right)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _spend()
+        # Data first: event.data.items is the key "items", not dict.items.
+        if isinstance(obj, Mapping) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _spend()
+        return super().getitem(obj, argument)
+
+    def call(self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _spend()
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def _bounded_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    # Filters that pad or wrap can build huge strings from one small number.
+    def wrapper(value: Any, *args: Any, **kwargs: Any) -> Any:
+        for arg in (*args, *kwargs.values()):
+            if isinstance(arg, int) and not isinstance(arg, bool) and arg > MAX_REPEAT:
+                raise ExpressionError(f"{name}({arg}) is too large")
+        return original(value, *args, **kwargs)
+
+    return wrapper
+
+
+@cache
+def environment() -> JourneySandbox:
+    env = JourneySandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env.globals["range"] = _bounded_range
+    for name in ("center", "indent", "wordwrap", "truncate"):
+        env.filters[name] = _bounded_filter(name, env.filters[name])
+    return env
+
+
+@cache
+def html_environment() -> JourneySandbox:
+    """The same sandbox with autoescaping, for HTML email templates."""
+    env = JourneySandbox(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)
+    env.globals.update(environment().globals)
+    env.filters.update(environment().filters)
+    return env
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    token = _work.set([MAX_WORK])
+    try:
+        return fn()
+    except ExpressionError:
+        raise
+    except TemplateError as exc:
+        raise ExpressionError(exc.message or type(exc).__name__) from exc
+    except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError, RecursionError) as exc:
+        raise ExpressionError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        _work.reset(token)
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A compiled expression (a guard, a subject); evaluate with :meth:`__call__`."""
+
+    source: str
+    _fn: Callable[..., Any]
+
+    def __call__(self, scope: Mapping[str, Any]) -> Any:
+        return _run(lambda: _defined(self._fn(**scope)))
+
+
+@dataclass(frozen=True)
+class Template:
+    """A compiled template (a var, an action input); render with :meth:`__call__`."""
+
+    source: str
+    _template: Any
+    # Plain text with no Jinja in it renders to itself, without the sandbox.
+    constant: str | None
+
+    def __call__(self, scope: Mapping[str, Any]) -> str:
+        if self.constant is not None:
+            return self.constant
+        return str(_run(lambda: _render(self._template, scope)))
+
+
+def _defined(value: Any) -> Any:
+    # An expression may return an Undefined (an unknown key, an unsafe attribute) that
+    # would only fail when used later: make it fail here, with its own message.
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    return value
+
+
+def _render(template: Any, scope: Mapping[str, Any]) -> str:
+    out: list[str] = []
+    size = 0
+    chunks: Iterator[str] = template.generate(scope)
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_OUTPUT:
+            raise ExpressionError(f"template output over {MAX_OUTPUT} characters")
+        out.append(chunk)
+    return "".join(out)
+
+
+def compile_expression(source: str) -> Expression:
+    """Compile a guard or subject; syntax was checked at load, but be safe anyway."""
+    if len(source) > expressions.MAX_EXPRESSION_LENGTH:
+        raise ExpressionError(f"expression longer than {expressions.MAX_EXPRESSION_LENGTH} characters")
+    try:
+        compiled = environment().compile_expression(source, undefined_to_none=False)
+    except TemplateError as exc:
+        raise ExpressionError(f"cannot compile {source!r}: {exc}") from exc
+    return Expression(source, compiled)
+
+
+def compile_template(source: str, *, html: bool = False) -> Template:
+    if len(source) > expressions.MAX_TEMPLATE_LENGTH:
+        raise ExpressionError(f"template longer than {expressions.MAX_TEMPLATE_LENGTH} characters")
+    env = html_environment() if html else environment()
+    try:
+        ast = env.parse(source)
+        constant: str | None = None
+        if not ast.body:
+            constant = ""
+        elif (
+            len(ast.body) == 1
+            and isinstance(ast.body[0], nodes.Output)
+            and all(isinstance(n, nodes.TemplateData) for n in ast.body[0].nodes)
+        ):
+            constant = "".join(n.data for n in ast.body[0].nodes if isinstance(n, nodes.TemplateData))
+        return Template(source, env.from_string(ast), constant)
+    except TemplateError as exc:
+        raise ExpressionError(f"cannot compile template: {exc}") from exc
+
+
+__all__ = ["Expression", "Template", "compile_expression", "compile_template"]
