@@ -7,7 +7,7 @@ reports at the line of the node that breaks it and names what would fix it.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from actions.registry import SEND_CHANNELS, is_known, known_action_names
@@ -16,7 +16,7 @@ from journeys.durations import DurationSyntaxError, parse_ms
 from journeys.errors import Diagnostic, PathPart
 from journeys.events import is_reserved, unknown_reserved
 from journeys.secrets import looks_like_secret
-from journeys.yamlsrc import Document
+from journeys.yamlsrc import Document, strings_in
 
 Path = tuple[PathPart, ...]
 
@@ -249,7 +249,7 @@ class JourneyChecker:
             self.error((*path, "retry"), f"retry policy {retry!r} is not defined in this file's retry "
                        f"section{_hint(retry, self.policies)} (defined: {defined})", code="unknown-policy")
         inputs = action.get("with", {})
-        for sub, value in _strings(inputs, ()):
+        for sub, value in strings_in(inputs):
             if sub and sub[0] in _NOT_TEMPLATES:
                 continue
             self.check_template((*path, "with", *sub), value, expressions.ALL_NAMES, self.var_names)
@@ -281,17 +281,6 @@ class JourneyChecker:
             if name not in seen:
                 self.error(("states", name), f"state {name!r} cannot be reached from the initial state "
                            f"{self.data['initial']!r}", key=True, code="unreachable")
-
-
-def _strings(value: Any, path: Path) -> Iterator[tuple[Path, str]]:
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _strings(v, (*path, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _strings(v, (*path, i))
 
 
 def check_journey(doc: Document, templates: Mapping[str, set[str]] | None = None) -> list[Diagnostic]:

@@ -19,7 +19,7 @@ from journeys import schema
 from journeys.durations import parse_ms
 from journeys.errors import ConfigError, DefinitionError, Diagnostic, PathPart
 from journeys.secrets import looks_like_secret
-from journeys.yamlsrc import Document, load_file
+from journeys.yamlsrc import Document, load_file, strings_in
 
 ENV_PREFIX = "env:"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -78,17 +78,6 @@ class Config:
     file: str = ""
 
 
-def _walk(value: Any, path: tuple[PathPart, ...]) -> Any:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _walk(v, (*path, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _walk(v, (*path, i))
-    elif isinstance(value, str):
-        yield path, value
-
-
 def _field_of(path: tuple[PathPart, ...]) -> str:
     for part in reversed(path):
         if isinstance(part, str):
@@ -100,7 +89,7 @@ def check_config(doc: Document) -> list[Diagnostic]:
     """Rules beyond the schema: secrets as env:NAME, references between sections, policies."""
     out: list[Diagnostic] = []
     data: dict[str, Any] = doc.data
-    for path, value in _walk(data, ()):
+    for path, value in strings_in(data):
         name = _field_of(path)
         if value.startswith(ENV_PREFIX):
             if not _ENV_NAME.match(value[len(ENV_PREFIX):]):

@@ -13,6 +13,7 @@ It never evaluates tags beyond the standard ones: a custom ``!tag`` is refused.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,18 @@ def resolve_plain(value: str) -> Any:
     if _NAN.match(value):
         return float("nan")
     return value
+
+
+def strings_in(value: Any, path: Path = ()) -> Iterator[tuple[Path, str]]:
+    """Every string inside plain data, with its path."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from strings_in(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from strings_in(v, (*path, i))
 
 
 @dataclass
