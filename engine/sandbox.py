@@ -13,8 +13,10 @@ records against the instance; nothing here can crash the engine.
 from __future__ import annotations
 
 import contextvars
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -224,4 +226,44 @@ def compile_template(source: str, *, html: bool = False) -> Template:
         raise ExpressionError(f"cannot compile template: {exc}") from exc
 
 
-__all__ = ["Expression", "Template", "compile_expression", "compile_template"]
+
+_SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready data from an evaluated value: what vars and action inputs may hold."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, range)):
+        return [plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Value:
+    """A var or an action input: ``"{{ expr }}"`` keeps the expression's type (a number stays
+    a number); any other text renders as a string."""
+
+    source: str
+    _expression: Expression | None
+    _template: Template | None
+
+    def __call__(self, scope: Mapping[str, Any]) -> Any:
+        if self._expression is not None:
+            return plain(self._expression(scope))
+        assert self._template is not None
+        return self._template(scope)
+
+
+def compile_value(source: str) -> Value:
+    match = _SINGLE.match(source)
+    if match:
+        try:
+            return Value(source, compile_expression(match["expr"]), None)
+        except ExpressionError:
+            pass  # not a lone expression after all (e.g. a filter block); render as text
+    return Value(source, None, compile_template(source))

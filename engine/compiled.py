@@ -1,0 +1,125 @@
+"""A journey compiled for the interpreter: tables by state and event type, compiled
+expressions and templates, parsed timers. Built once per journey version, then shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.sandbox import Expression, Value, compile_expression, compile_value
+from journeys.model import ActionCall, Journey, State, Timer
+
+# Action inputs that are names or fixed words, never templates.
+_LITERAL_INPUTS = frozenset({"template", "method", "channels"})
+
+
+def _compile_inputs(value: Any, top: bool = True) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            k: v if top and k in _LITERAL_INPUTS else _compile_inputs(v, top=False) for k, v in value.items()
+        }
+    if isinstance(value, tuple):
+        return [_compile_inputs(v, top=False) for v in value]
+    if isinstance(value, str):
+        return compile_value(value)
+    return value
+
+
+@dataclass(frozen=True)
+class CompiledAction:
+    call: ActionCall
+    inputs: Mapping[str, Any]  # the inputs with every template compiled (Value)
+
+
+@dataclass(frozen=True)
+class CompiledTransition:
+    to: str
+    guard: Expression | None
+    do: tuple[CompiledAction, ...]
+
+
+@dataclass(frozen=True)
+class CompiledTimer:
+    index: int
+    timer: Timer
+    do: tuple[CompiledAction, ...]
+
+
+@dataclass(frozen=True)
+class CompiledState:
+    state: State
+    enter: tuple[CompiledAction, ...]
+    on: Mapping[str, tuple[CompiledTransition, ...]]
+    timers: tuple[CompiledTimer, ...]
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """A trigger or an exit rule: on an event type, when a guard holds."""
+
+    on: str
+    guard: Expression | None
+    to: str | None = None
+
+
+@dataclass(frozen=True)
+class CompiledJourney:
+    journey: Journey
+    triggers: Mapping[str, tuple[Guarded, ...]]
+    exits: Mapping[str, tuple[Guarded, ...]]
+    states: Mapping[str, CompiledState]
+    vars: tuple[tuple[str, Value | Any], ...]
+    subject: Expression | None
+    goal_guard: Expression | None
+
+    @property
+    def id(self) -> str:
+        return self.journey.id
+
+    @property
+    def version(self) -> int:
+        return self.journey.version
+
+    def listens_to(self, event_type: str) -> bool:
+        return event_type in self.triggers
+
+
+def _guard(source: str | None) -> Expression | None:
+    return None if source is None else compile_expression(source)
+
+
+def _actions(calls: tuple[ActionCall, ...]) -> tuple[CompiledAction, ...]:
+    return tuple(CompiledAction(c, _compile_inputs(c.inputs)) for c in calls)
+
+
+def _by_type(items: list[Guarded]) -> dict[str, tuple[Guarded, ...]]:
+    table: dict[str, list[Guarded]] = {}
+    for item in items:
+        table.setdefault(item.on, []).append(item)
+    return {k: tuple(v) for k, v in table.items()}
+
+
+def compile_journey(journey: Journey) -> CompiledJourney:
+    states = {}
+    for name, state in journey.states.items():
+        states[name] = CompiledState(
+            state=state,
+            enter=_actions(state.enter),
+            on={
+                event: tuple(CompiledTransition(t.to, _guard(t.when), _actions(t.do)) for t in transitions)
+                for event, transitions in state.on.items()
+            },
+            timers=tuple(CompiledTimer(i, t, _actions(t.do)) for i, t in enumerate(state.after)),
+        )
+    subject = journey.subject
+    return CompiledJourney(
+        journey=journey,
+        triggers=_by_type([Guarded(t.on, _guard(t.when)) for t in journey.triggers]),
+        exits=_by_type([Guarded(e.on, _guard(e.when), e.to) for e in journey.exit]),
+        states=states,
+        vars=tuple((k, compile_value(v) if isinstance(v, str) else v) for k, v in journey.vars.items()),
+        subject=None if subject in ("contact", "conversation") else compile_expression(subject),
+        goal_guard=None if journey.goal is None else _guard(journey.goal.when),
+    )

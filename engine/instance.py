@@ -1,0 +1,83 @@
+"""An instance of a journey for one subject, and the contact as expressions see it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Literal
+
+Status = Literal["active", "completed", "exited", "failed"]
+ENDED: frozenset[str] = frozenset({"completed", "exited", "failed"})
+RECENT_EVENTS = 32
+
+
+@dataclass(frozen=True)
+class Instance:
+    """Where one subject is in one journey version. Replaced, never changed."""
+
+    id: str
+    journey: str
+    version: int
+    subject: str
+    state: str
+    status: Status
+    started_at: datetime
+    entered_at: datetime
+    # Bumped on every entry into a state: names action keys and timers of that entry.
+    seq: int = 1
+    contact_id: str | None = None
+    vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    ended_at: datetime | None = None
+    goal_reached_at: datetime | None = None
+    error: str | None = None
+    # Ids of the last events applied: a redelivered event changes nothing.
+    recent_events: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    def scope(self) -> dict[str, Any]:
+        """What expressions see as ``instance``."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "status": self.status,
+            "subject": self.subject,
+            "started_at": self.started_at,
+            "entered_at": self.entered_at,
+        }
+
+
+@dataclass(frozen=True)
+class Contact:
+    id: str
+    phone: str | None = None
+    email: str | None = None
+    timezone: str | None = None
+    locale: str | None = None
+    attributes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def scope(self) -> dict[str, Any]:
+        """What expressions see as ``contact``."""
+        return {
+            "id": self.id,
+            "phone": self.phone,
+            "email": self.email,
+            "timezone": self.timezone,
+            "locale": self.locale,
+            "attributes": self.attributes,
+        }
+
+
+@dataclass(frozen=True)
+class History:
+    """What the runtime knows of earlier instances of a (journey, subject): for ``reentry``."""
+
+    count: int = 0
+    last_ended_at: datetime | None = None
+
+
+NO_HISTORY = History()
