@@ -41,6 +41,18 @@ def _graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test(args: argparse.Namespace) -> int:
+    from cli.testcmd import run
+
+    return run(args.paths or ["."], args.verbose)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from cli.simulate import run
+
+    return run(args.file, args.events, args.contact, args.start)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="journeys",
@@ -75,6 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     p.set_defaults(handler=_graph)
+
+    p = sub.add_parser("test", help="run journey tests (*.test.yaml) on a virtual clock",
+                       description="Validate, then run every case of every *.test.yaml under PATH on a "
+                       "virtual clock: no database, nothing sent. Prints each case, the expectation that "
+                       "failed and the states it went through. Exit 0 when all pass, 1 otherwise.")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the current folder)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the trace of passing cases too")
+    p.set_defaults(handler=_test)
+
+    p = sub.add_parser("simulate", help="feed events to a journey and print what it does, step by step",
+                       description="Run one journey on a virtual clock against events from a JSON Lines "
+                       'file: each line is an event {"type": "invoice.overdue", "data": {...}} (also '
+                       '"text", "channel", "message": N for the N-th message sent) or a pause '
+                       '{"wait": "2d"}. Nothing is sent.')
+    p.add_argument("file", metavar="FILE", help="the journey file")
+    p.add_argument("--events", required=True, metavar="EVENTS.jsonl", help="the events, one JSON object a line")
+    p.add_argument("--contact", metavar="JSON", default=None,
+                   help='the contact, e.g. \'{"id": "c-1", "phone": "+4915112345678"}\'')
+    p.add_argument("--start", metavar="TIME", default=None, help="virtual start time (default 2026-01-05T10:00:00Z)")
+    p.set_defaults(handler=_simulate)
     return parser
 
 

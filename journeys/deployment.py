@@ -222,11 +222,11 @@ def load_deployment(
     else:
         env = os.environ if environ is None else environ
         doc = load_file(str(config_path))
-        config = config_from_document(doc, env if resolve_env else _Placeholders())
+        config = config_from_document(doc, env if resolve_env else Placeholders())
     return Deployment(folder, config, report.journeys, report.suites)
 
 
-class _Placeholders(Mapping[str, str]):
+class Placeholders(Mapping[str, str]):
     """Every variable present, as ``<NAME>``: loads a config without its secrets (tests, tools)."""
 
     def __getitem__(self, key: str) -> str:
