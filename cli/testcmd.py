@@ -38,8 +38,6 @@ def _print_result(result: CaseResult, verbose: bool) -> None:
 def run(paths: Sequence[str], verbose: bool = False) -> int:
     report = validate(paths)
     if not report.ok:
-        for diag in report.errors:
-            print(diag, file=sys.stderr)
         raise DefinitionError(report.errors)
     compiled: dict[tuple[str, int], CompiledJourney] = {}
     passed = failed = 0

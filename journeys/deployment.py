@@ -92,6 +92,18 @@ def discover(paths: Iterable[str]) -> list[Path]:
     return unique
 
 
+def _with_tested_journeys(files: list[Path]) -> list[Path]:
+    """Add the journeys next to each test file, for ``journeys validate some.test.yaml`` alone."""
+    seen = {p.resolve() for p in files}
+    extra: list[Path] = []
+    for test in [p for p in files if classify(p) == "test"]:
+        for path in _yaml_files(test.parent):
+            if classify(path) == "journey" and path.resolve() not in seen:
+                seen.add(path.resolve())
+                extra.append(path)
+    return files + extra
+
+
 @dataclass
 class Report:
     """What ``journeys validate`` found."""
@@ -128,7 +140,7 @@ def check_template_file(path: Path) -> list[Diagnostic]:
 def validate(paths: Iterable[str]) -> Report:
     """Check every journey, test, config and template file under *paths*, and across them."""
     report = Report()
-    files = discover(paths)
+    files = _with_tested_journeys(discover(paths))
     report.files = len(files)
     templates_by_root: dict[Path, dict[str, set[str]]] = {}
     tests: list[Document] = []
@@ -176,24 +188,8 @@ def validate(paths: Iterable[str]) -> Report:
                 origin[journey.key] = doc
                 report.journeys[journey.key] = journey
     for doc in tests:
-        journeys = report.journeys or _sibling_journeys(Path(doc.file))
-        report.diagnostics.extend(check_against(doc, journeys))
+        report.diagnostics.extend(check_against(doc, report.journeys))
     return report
-
-
-def _sibling_journeys(test_file: Path) -> dict[tuple[str, int], Journey]:
-    """Journeys next to a test file, for ``journeys validate some.test.yaml`` alone."""
-    found: dict[tuple[str, int], Journey] = {}
-    for path in _yaml_files(test_file.parent):
-        if classify(path) != "journey":
-            continue
-        try:
-            journey, _ = read_journey(load_file(str(path)))
-        except DefinitionError:
-            continue
-        if journey is not None:
-            found.setdefault(journey.key, journey)
-    return found
 
 
 @dataclass(frozen=True)
