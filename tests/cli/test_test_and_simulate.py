@@ -61,7 +61,7 @@ def test_failures_are_explained(write: Write, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "  PASS  pong in time" in out
     assert "  FAIL  wrong on purpose" in out
-    assert f"{tests}:7: state: expected 'done', got 'late'" in out
+    assert f"{tests}:8: state: expected 'done', got 'late'" in out
     assert "actions: expected [send_sms, http], got [send_sms]" in out
     assert "sent[1]: expected the body to contain 'pong', got 'ping 1'" in out
     assert "suppressed: expected [sms] to be suppressed, suppressed: none" in out
