@@ -190,34 +190,38 @@ class World:
             progress = advance(msg.status, event.type)
             msg.status = progress.status
         for cj in self.journeys:
-            instance = self._route(cj, event)
-            key = (cj.id, instance.subject) if instance else None
-            decision = decide(cj, instance, event, self.clock, self.contact,
-                              history=self.history.get(key, History()) if key else History(),
-                              message_status=message_status)
-            if decision.outcome == "not_started" and not cj.listens_to(event.type):
-                continue
-            record.decisions.append((cj.id, decision))
-            self._apply(cj, decision, record)
+            for instance in self._route(cj, event) or [None]:
+                key = (cj.id, instance.subject) if instance else None
+                decision = decide(cj, instance, event, self.clock, self.contact,
+                                  history=self.history.get(key, History()) if key else History(),
+                                  message_status=message_status)
+                if decision.outcome == "not_started" and not cj.listens_to(event.type):
+                    continue
+                record.decisions.append((cj.id, decision))
+                self._apply(cj, decision, record)
 
-    def _route(self, cj: CompiledJourney, event: Event) -> Instance | None:
+    def _route(self, cj: CompiledJourney, event: Event) -> list[Instance]:
+        """The instances of *cj* this event is about: by instance id, message, subject, then contact."""
         owner = event.data.get("instance_id") if event.type in (TIMER_FIRED, "action.failed") else None
         if isinstance(owner, str):
             found = self.instances.get(owner)
-            return found if found is not None and found.journey == cj.id else None
+            return [found] if found is not None and found.journey == cj.id else []
         if event.message_id is not None:
             msg = next(m for m in self.messages if m.id == event.message_id)
             found = self.instances.get(msg.instance_id)
             if found is not None and found.journey == cj.id:
-                return found
+                return [found]
         try:
             subject = subject_of(cj, event, self.contact)
         except ExpressionError:
-            return None
-        if subject is None:
-            return None
-        instance_id = self.by_subject.get((cj.id, subject))
-        return self.instances.get(instance_id) if instance_id else None
+            subject = None
+        if subject is not None:
+            instance_id = self.by_subject.get((cj.id, subject))
+            return [self.instances[instance_id]] if instance_id else []
+        # No subject in the event (a business event for a conversation journey): every
+        # active instance of the contact hears it; their guards decide.
+        return [i for i in self.instances.values()
+                if i.journey == cj.id and i.active and i.contact_id == event.contact_id]
 
     def _apply(self, cj: CompiledJourney, decision: Decision, record: Record) -> None:
         instance = decision.instance
