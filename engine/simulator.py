@@ -190,7 +190,8 @@ class World:
             progress = advance(msg.status, event.type)
             msg.status = progress.status
         for cj in self.journeys:
-            for instance in self._route(cj, event) or [None]:
+            routed: list[Instance | None] = [*self._route(cj, event)] or [None]
+            for instance in routed:
                 key = (cj.id, instance.subject) if instance else None
                 decision = decide(cj, instance, event, self.clock, self.contact,
                                   history=self.history.get(key, History()) if key else History(),
