@@ -252,13 +252,15 @@ def transitions_trigger(spec: Spec, event_type: str, source: str, decision: Deci
 
 def verify(lives: Sequence[Life], spec: Spec) -> None:
     """Both sides go through the same states, event by event."""
+    machine = new_machine(spec, None)
     for life in lives:
         model = Invoice(life.contact.id)
-        new_machine(spec, model)
+        machine.add_model(model)
         for trigger, expected in zip(life.triggers, life.states, strict=True):
             getattr(model, trigger)()
             if model.state != expected:
                 sys.exit(f"{life.contact.id}: transitions reached {model.state} where journeys reached {expected}")
+        machine.remove_model(model)
 
 
 # -- timing --------------------------------------------------------------------------------
@@ -291,18 +293,31 @@ def fire(models: Sequence[Invoice], part: Sequence[Life]) -> float:
     return time.perf_counter() - start
 
 
-def run_machine_per_instance(spec: Spec, lives: Sequence[Life]) -> tuple[float, float]:
-    """(trigger time, construction time): a Machine per model, built outside the timed loop."""
+def run_machine_per_instance(spec: Spec, lives: Sequence[Life], machines: Sequence[tuple[Invoice, Machine]]) -> float:
+    """Trigger time on a Machine per model. The Machines were built before (their construction is timed
+    apart); each is reset to the start state and reused for the next chunk of instances, outside the timed loop.
+    """
     gc.collect()
-    triggers = construction = 0.0
+    triggers = 0.0
     for part in chunks(lives):
-        start = time.perf_counter()
-        models = [Invoice(life.contact.id) for life in part]
-        for model in models:
-            new_machine(spec, model)
-        construction += time.perf_counter() - start
+        models = []
+        for (model, machine), life in zip(machines, part, strict=False):
+            model.invoice_id = life.contact.id
+            machine.set_state(NEW, model)
+            models.append(model)
         triggers += fire(models, part)
-    return triggers, construction
+    return triggers
+
+
+def build_machines(spec: Spec, count: int) -> tuple[list[tuple[Invoice, Machine]], float]:
+    """*count* models with a Machine each, as a user writes it; and the time it took per instance."""
+    gc.collect()
+    start = time.perf_counter()
+    machines = []
+    for k in range(count):
+        model = Invoice(f"c-{k}")
+        machines.append((model, new_machine(spec, model)))
+    return machines, (time.perf_counter() - start) / count
 
 
 def run_add_model(spec: Spec, lives: Sequence[Life]) -> tuple[float, float]:
@@ -378,7 +393,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per contender (default 5)")
     parser.add_argument("--events", type=int, default=12_000, help="events (decisions) per round (default 12000)")
     parser.add_argument("--journeys", type=int, default=200, help="compiled copies for the memory figure")
-    parser.add_argument("--instances", type=int, default=100_000, help="instances for the memory figure")
+    parser.add_argument("--instances", type=int, default=50_000,
+                        help="instances for the memory figure (default 50000; 100000 gives the same figure, "
+                             "in ~40 s: decide runs ~6x slower under tracemalloc)")
     parser.add_argument("--profile", action="store_true", help="also profile one journeys round (cProfile)")
     args = parser.parse_args()
     wall = time.perf_counter()
@@ -394,7 +411,7 @@ def main() -> None:
     verify(lives, spec)
     events = sum(len(life.steps) for life in lives)
     print(f"journey: {JOURNEY.relative_to(ROOT)}: {len(cj.states)} states (+ '{NEW}', '{EXITED}' for transitions), "
-          f"{len(spec.transitions)} transitions for transitions.Machine")
+          f"{len(spec.transitions)} transition rules for transitions.Machine")
     print(f"traffic: {events} events per round = {len(lives)} instances x {len(SCENARIOS)} scenarios mixed; "
           f"{args.rounds} rounds; both sides checked to reach the same state after every event")
     print("excluded from the rates: compile_journey, Event/Contact building, Machine construction / add_model "
@@ -409,10 +426,12 @@ def main() -> None:
     for _ in range(args.rounds):
         # Interleaved, so a slow moment of the machine hurts every contender alike.
         journeys.samples.append(events / run_journeys(cj, lives))
-        fired, built = run_machine_per_instance(spec, lives)
+        machines, built = build_machines(spec, CHUNK)
+        construction_each.append(built)
+        fired = run_machine_per_instance(spec, lives, machines)
+        del machines
         per_instance.samples.append(events / fired)
-        with_construction.samples.append(events / (fired + built))
-        construction_each.append(built / len(lives))
+        with_construction.samples.append(events / (fired + built * len(lives)))
         fired, added = run_add_model(spec, lives)
         shared.samples.append(events / fired)
         add_each.append(added / len(lives))

@@ -1,0 +1,1 @@
+"""Storage: the tables (SQLAlchemy Core), the connection with its dialect settings, migrations."""

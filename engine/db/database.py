@@ -1,0 +1,106 @@
+"""Connections: one place that knows the differences between SQLite and PostgreSQL.
+
+SQLite (the embedded default) needs WAL, a busy timeout, ``synchronous=NORMAL`` and
+``BEGIN IMMEDIATE`` for writes; plain ``BEGIN`` with concurrent writers gives "database is
+locked" at commit. Reads use a second engine with deferred transactions so that the
+admin API never takes the write lock. PostgreSQL uses asyncpg; an optional schema (for
+tests) goes into the search path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from journeys.errors import ConfigError
+
+DEFAULT_FILE = "journeys.db"
+BUSY_TIMEOUT_MS = 10_000
+
+
+def database_url(folder: str | Path, environ: dict[str, str] | None = None) -> str:
+    """``JOURNEYS_DATABASE_URL``, or a SQLite file in the deployment folder."""
+    env = os.environ if environ is None else environ
+    url = env.get("JOURNEYS_DATABASE_URL")
+    if url:
+        return url
+    path = (Path(folder) / DEFAULT_FILE).resolve()
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves: the driver's own BEGIN is deferred.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@dataclass
+class Database:
+    """The engines of one database: ``write`` for transactions that change data, ``read`` for the rest."""
+
+    url: URL
+    write: AsyncEngine
+    read: AsyncEngine
+
+    @property
+    def dialect(self) -> str:
+        return self.write.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    async def dispose(self) -> None:
+        await self.write.dispose()
+        if self.read is not self.write:
+            await self.read.dispose()
+
+
+def connect(url: str, *, schema: str | None = None, pool_size: int = 5) -> Database:
+    """Engines for *url*; *schema* (PostgreSQL) puts every table in that schema."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError with a terse text
+        raise ConfigError(f"JOURNEYS_DATABASE_URL {url!r} is not a database URL: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.drivername != "sqlite+aiosqlite":
+            parsed = parsed.set(drivername="sqlite+aiosqlite")
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            # one in-memory database per connection would lose data between connections
+            raise ConfigError("SQLite needs a file (sqlite+aiosqlite:///path.db), not :memory:")
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        write = create_async_engine(parsed, pool_size=1, max_overflow=0, pool_timeout=60)
+        read = create_async_engine(parsed, pool_size=pool_size)
+        _sqlite_pragmas(write, immediate=True)
+        _sqlite_pragmas(read, immediate=False)
+        return Database(parsed, write, read)
+    if backend == "postgresql":
+        if parsed.drivername != "postgresql+asyncpg":
+            parsed = parsed.set(drivername="postgresql+asyncpg")
+        connect_args: dict[str, Any] = {"timeout": 10}
+        if schema is not None:
+            connect_args["server_settings"] = {"search_path": schema}
+        engine = create_async_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                                     connect_args=connect_args)
+        return Database(parsed, engine, engine)
+    raise ConfigError(f"unsupported database {backend!r}: use sqlite+aiosqlite:///FILE or "
+                      "postgresql+asyncpg://USER@HOST/DB")

@@ -1,0 +1,100 @@
+"""Writing events into the log, once each: the entry point of ingest, timers and replays.
+
+``INSERT .. ON CONFLICT (source, provider_event_id) DO NOTHING RETURNING``: an event
+already stored is not stored again; its ``duplicates`` counter goes up instead. The
+caller owns the transaction, so many requests can share one commit (group commit).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine.db.schema import events
+from engine.events import Event
+
+
+def new_event_id() -> str:
+    return f"ev-{uuid.uuid4().hex}"
+
+
+def partition_of(event: Event) -> str:
+    """Events of one partition are applied one at a time, in arrival order."""
+    if event.contact_id:
+        return f"contact:{event.contact_id}"
+    if event.conversation_id:
+        return f"conversation:{event.conversation_id}"
+    return f"event:{event.id}"
+
+
+def row_of(event: Event, received_at: datetime | None = None) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "source": event.source,
+        "provider": event.provider,
+        "provider_event_id": event.provider_event_id or event.id,
+        "type": event.type,
+        "channel": event.channel,
+        "contact_id": event.contact_id,
+        "conversation_id": event.conversation_id,
+        "message_id": event.message_id,
+        "provider_message_id": event.provider_message_id,
+        "occurred_at": event.occurred_at,
+        "received_at": received_at or event.received_at or event.occurred_at,
+        "status_text": event.status,
+        "text": event.text,
+        "data": dict(event.data),
+        "schema_version": event.schema_version,
+        "partition_key": partition_of(event),
+        "status": "pending",
+    }
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(events)
+    return sqlite.insert(events)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Which events were new, and which repeated one already in the log."""
+
+    inserted: list[str]
+    duplicates: list[tuple[str, str]]  # (source, provider_event_id)
+
+
+async def store_events(conn: AsyncConnection, batch: Sequence[Event], received_at: datetime) -> Stored:
+    """Insert *batch*; repeats (also within the batch) only bump ``duplicates``."""
+    rows, seen, repeats = [], set(), []
+    for event in batch:
+        row = row_of(event, received_at)
+        key = (row["source"], row["provider_event_id"])
+        if key in seen:
+            repeats.append(key)
+            continue
+        seen.add(key)
+        rows.append(row)
+    inserted: list[str] = []
+    if rows:
+        stmt = _insert(conn).on_conflict_do_nothing(index_elements=["source", "provider_event_id"])
+        result = await conn.execute(stmt.returning(events.c.id, events.c.source, events.c.provider_event_id), rows)
+        returned = result.all()
+        inserted = [r.id for r in returned]
+        fresh = {(r.source, r.provider_event_id) for r in returned}
+        repeats += [(r["source"], r["provider_event_id"]) for r in rows if (r["source"], r["provider_event_id"])
+                    not in fresh]
+    for source, provider_event_id in repeats:
+        await conn.execute(
+            update(events)
+            .where(events.c.source == source, events.c.provider_event_id == provider_event_id)
+            .values(duplicates=events.c.duplicates + 1)
+        )
+    return Stored(inserted, repeats)

@@ -1,0 +1,68 @@
+"""The timer loop: due timers become ``timer.fired`` events in the log.
+
+Each firing is stored with the id ``timer:<timer id>``, so a timer claimed twice (two
+loops, a crash between insert and mark) is a duplicate in the log, never a second
+firing in the journey. The interpreter then ignores it if the instance has moved on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from types import MappingProxyType
+
+from sqlalchemy import select, update
+
+from engine.db.database import Database
+from engine.db.schema import instances, timers
+from engine.events import Event
+from engine.runtime import utcnow
+from engine.store import store_events
+from journeys.events import TIMER_FIRED
+
+log = logging.getLogger("journeys.timers")
+
+
+async def fire_due(db: Database, now: datetime, limit: int = 1000) -> int:
+    """Turn up to *limit* due timers into events; returns how many fired."""
+    async with db.write.begin() as conn:
+        rows = (await conn.execute(
+            select(timers, instances.c.contact_id)
+            .join(instances, instances.c.id == timers.c.instance_id, isouter=True)
+            .where(timers.c.status == "pending", timers.c.due_at <= now)
+            .order_by(timers.c.due_at).limit(limit)
+        )).all()
+        if not rows:
+            return 0
+        batch = [
+            Event(
+                id=f"timer:{r.id}",
+                type=TIMER_FIRED,
+                occurred_at=r.due_at,
+                source="timer",
+                provider_event_id=r.id,
+                contact_id=r.contact_id,
+                data=MappingProxyType({"instance_id": r.instance_id, "state": r.state, "seq": r.seq, "index": r.idx,
+                                       "timer_id": r.id, "delay": r.delay}),
+            )
+            for r in rows
+        ]
+        await store_events(conn, batch, now)
+        await conn.execute(update(timers).where(timers.c.id.in_([r.id for r in rows])).values(status="fired"))
+        return len(rows)
+
+
+async def run(db: Database, stop: asyncio.Event, clock: Callable[[], datetime] = utcnow,
+              interval: float = 0.2) -> None:
+    while not stop.is_set():
+        try:
+            fired = await fire_due(db, clock())
+        except Exception:
+            log.exception("timer loop failed; retrying")
+            fired = 0
+        if not fired:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
