@@ -53,6 +53,18 @@ def _simulate(args: argparse.Namespace) -> int:
     return run(args.file, args.events, args.contact, args.start)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from cli.serve import serve
+
+    return serve(args.dir, args.host, args.port, args.dev)
+
+
+def _db(args: argparse.Namespace) -> int:
+    from cli.serve import upgrade
+
+    return upgrade(args.dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="journeys",
@@ -107,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help='the contact, e.g. \'{"id": "c-1", "phone": "+4915112345678"}\'')
     p.add_argument("--start", metavar="TIME", default=None, help="virtual start time (default 2026-01-05T10:00:00Z)")
     p.set_defaults(handler=_simulate)
+
+    p = sub.add_parser("serve", help="run the deployment: HTTP API, engine and timers in one process",
+                       description="Validate and load the deployment in DIR, migrate a new database (SQLite "
+                       "file DIR/journeys.db unless JOURNEYS_DATABASE_URL is set), register the journey "
+                       "versions, then serve HTTP and run the engine and timer loops until SIGTERM. A "
+                       "database whose migrations are behind is refused: run `journeys db upgrade DIR`.")
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dev", action="store_true",
+                   help="for a laptop: a secret whose environment variable is missing gets a random value "
+                   "for this run (printed) instead of stopping the start")
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("db", help="database maintenance (db upgrade)",
+                       description="Database maintenance. `journeys db upgrade [DIR]` applies every migration "
+                       "to the database of DIR (JOURNEYS_DATABASE_URL, else DIR/journeys.db).")
+    p.add_argument("action", choices=["upgrade"])
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    p.set_defaults(handler=_db)
     return parser
 
 

@@ -222,6 +222,32 @@ def load_deployment(
     return Deployment(folder, config, report.journeys, report.suites)
 
 
+class DevEnvironment(Mapping[str, str]):
+    """The real environment, with a random value for every variable it lacks (``serve --dev``)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.generated: dict[str, str] = {}
+
+    def __getitem__(self, key: str) -> str:
+        if key in self.environ:
+            return self.environ[key]
+        if key not in self.generated:
+            import secrets
+
+            self.generated[key] = f"whsec_{secrets.token_urlsafe(24)}" if "SECRET" in key else secrets.token_hex(16)
+        return self.generated[key]
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.environ)
+
+    def __len__(self) -> int:
+        return len(self.environ)
+
+
 class Placeholders(Mapping[str, str]):
     """Every variable present, as ``<NAME>``: loads a config without its secrets (tests, tools)."""
 

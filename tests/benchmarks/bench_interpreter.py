@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -95,6 +96,7 @@ class Life:
     steps: list[tuple[Event, str | None]] = field(default_factory=list)  # (event, message_status)
     triggers: list[str] = field(default_factory=list)  # the transitions trigger of each event
     states: list[str] = field(default_factory=list)  # journeys' state after each event
+    outcomes: list[str] = field(default_factory=list)  # journeys' outcome of each event
 
 
 # -- the same state machine for `transitions` ----------------------------------------------
@@ -229,6 +231,7 @@ def build(cj: CompiledJourney, spec: Spec, target_events: int) -> list[Life]:
                 timers = decision.timers_set
             source = dest
             life.states.append(dest)
+            life.outcomes.append(decision.outcome)
             previous = (event, status)
         lives.append(life)
         total += len(life.steps)
@@ -412,8 +415,11 @@ def main() -> None:
     events = sum(len(life.steps) for life in lives)
     print(f"journey: {JOURNEY.relative_to(ROOT)}: {len(cj.states)} states (+ '{NEW}', '{EXITED}' for transitions), "
           f"{len(spec.transitions)} transition rules for transitions.Machine")
-    print(f"traffic: {events} events per round = {len(lives)} instances x {len(SCENARIOS)} scenarios mixed; "
+    print(f"traffic: {events} events per round = {len(lives)} instances of {len(SCENARIOS)} scenarios in turn; "
           f"{args.rounds} rounds; both sides checked to reach the same state after every event")
+    outcomes = Counter(o for life in lives for o in life.outcomes)
+    print("decisions per round: " + ", ".join(f"{n} {o}" for o, n in outcomes.most_common())
+          + f"; {sum(isinstance(e.data.get('seq'), int) for life in lives for e, _ in life.steps)} of them timers")
     print("excluded from the rates: compile_journey, Event/Contact building, Machine construction / add_model "
           "(reported apart)")
 

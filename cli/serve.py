@@ -1,0 +1,90 @@
+"""``journeys serve`` and ``journeys db upgrade``: the long-running process and its database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine import timers
+from engine.db import migrate
+from engine.db.database import Database, connect, database_url
+from engine.runtime import Engine
+from engine.versions import load_registry, register
+from journeys.deployment import Deployment, DevEnvironment, load_deployment
+from journeys.errors import ConfigError, UsageError
+
+
+def _folder(path: str) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UsageError(f"{path}: not a deployment folder")
+    return folder
+
+
+async def _open(folder: Path) -> Database:
+    url = database_url(folder)
+    db = connect(url)
+    try:
+        await migrate.current(db)
+    except OSError as exc:
+        await db.dispose()
+        raise ConfigError(f"cannot reach the database {db.url.render_as_string(hide_password=True)}: {exc}") from exc
+    return db
+
+
+async def prepare(folder: Path, deployment: Deployment) -> tuple[Database, Engine]:
+    db = await _open(folder)
+    try:
+        await migrate.ensure_current(db, f"journeys db upgrade {folder}")
+        async with db.write.begin() as conn:
+            await register(conn, deployment.journeys.values(), datetime.now(UTC))
+            registry = await load_registry(conn, deployment.journeys)
+    except BaseException:
+        await db.dispose()
+        raise
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    return db, Engine(db, registry, worker)
+
+
+def serve(path: str, host: str, port: int, dev: bool = False) -> int:
+    import uvicorn
+
+    from ingest.app import build_app
+
+    folder = _folder(path)
+    environ = DevEnvironment(os.environ) if dev else None
+    deployment = load_deployment(str(folder), environ)
+    if environ is not None:
+        for name, value in sorted(environ.generated.items()):
+            print(f"journeys: --dev: {name} is not set; using {value} for this run", flush=True)
+    db, engine = asyncio.run(prepare(folder, deployment))
+    # The pool was made on the set-up loop; uvicorn runs its own.
+    asyncio.run(db.dispose())
+    app = build_app(db, loops=[engine.run, lambda stop: timers.run(db, stop)],
+                    admin_token=os.environ.get("JOURNEYS_ADMIN_TOKEN") or None,
+                    state={"deployment": deployment, "registry": engine.registry})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # readiness checks ask it every few seconds
+    print(f"journeys: serving {folder} on http://{host}:{port} with {len(deployment.journeys)} journeys, "
+          f"database {db.url.render_as_string(hide_password=True)}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=20)
+    return 0
+
+
+def upgrade(path: str) -> int:
+    folder = _folder(path)
+
+    async def run() -> str:
+        db = await _open(folder)
+        try:
+            await migrate.upgrade(db)
+            return await migrate.current(db) or "?"
+        finally:
+            await db.dispose()
+
+    print(f"journeys: database migrated to {asyncio.run(run())}")
+    return 0

@@ -1,0 +1,195 @@
+"""The read-only admin API (SPEC.md section 7) and the health endpoints.
+
+Lists are ``{"items": [...]}``, newest first, with ``limit`` (default 100, at most 1000).
+With ``JOURNEYS_ADMIN_TOKEN`` set, every ``/api`` route wants ``Authorization: Bearer``
+with that token, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+from typing import Any
+
+from litestar import Controller, Request, get
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, NotFoundException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.response import Response
+from sqlalchemy import select
+
+from engine.db import migrate
+from engine.db.database import Database
+from engine.db.schema import contacts, events, instances, jobs, journey_versions, messages, steps, suppressions
+
+MAX_LIMIT = 1000
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite returns naive UTC
+        return value.isoformat() + "Z"
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _limit(limit: int) -> int:
+    return max(1, min(limit, MAX_LIMIT))
+
+
+def db_of(request: Request[Any, Any, Any]) -> Database:
+    database: Database = request.app.state["db"]
+    return database
+
+
+async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    token: str | None = connection.app.state.get("admin_token")
+    if not token:
+        return
+    header = connection.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise NotAuthorizedException("a bearer token is required (JOURNEYS_ADMIN_TOKEN)")
+
+
+def instance_summary(r: Any) -> dict[str, Any]:
+    return {"id": r.id, "journey": r.journey, "version": r.version, "subject": r.subject, "state": r.state,
+            "status": r.status, "contact_id": r.contact_id, "started_at": _iso(r.started_at),
+            "ended_at": _iso(r.ended_at), "vars": r.vars, "error": r.error}
+
+
+class AdminController(Controller):
+    path = "/api"
+    guards = [admin_guard]  # noqa: RUF012 - Litestar reads it as a class attribute
+
+    @get("/journeys")
+    async def list_journeys(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        async with db_of(request).read.connect() as conn:
+            rows = (await conn.execute(select(journey_versions.c.journey, journey_versions.c.version,
+                                              journey_versions.c.content_hash, journey_versions.c.file,
+                                              journey_versions.c.registered_at)
+                                       .order_by(journey_versions.c.registered_at.desc()))).all()
+        return {"items": [{"journey": r.journey, "version": r.version, "content_hash": r.content_hash,
+                           "file": r.file, "registered_at": _iso(r.registered_at)} for r in rows]}
+
+    @get("/instances")
+    async def list_instances(self, request: Request[Any, Any, Any], contact_id: str | None = None,
+                             journey: str | None = None, status: str | None = None,
+                             limit: int = 100) -> dict[str, Any]:
+        query = select(instances)
+        if contact_id is not None:
+            query = query.where(instances.c.contact_id == contact_id)
+        if journey is not None:
+            query = query.where(instances.c.journey == journey)
+        if status is not None:
+            query = query.where(instances.c.status == status)
+        query = query.order_by(instances.c.started_at.desc(), instances.c.id.desc()).limit(_limit(limit))
+        async with db_of(request).read.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {"items": [instance_summary(r) for r in rows]}
+
+    @get("/instances/{instance_id:str}")
+    async def get_instance(self, request: Request[Any, Any, Any], instance_id: str) -> dict[str, Any]:
+        async with db_of(request).read.connect() as conn:
+            row = (await conn.execute(select(instances).where(instances.c.id == instance_id))).first()
+            if row is None:
+                raise NotFoundException(f"no instance {instance_id}")
+            step_rows = (await conn.execute(select(steps).where(steps.c.instance_id == instance_id)
+                                            .order_by(steps.c.id))).all()
+            job_rows = (await conn.execute(select(jobs).where(jobs.c.instance_id == instance_id)
+                                           .order_by(jobs.c.created_at, jobs.c.id))).all()
+        timeline: list[tuple[Any, int, dict[str, Any]]] = []
+        for n, s in enumerate(step_rows):
+            if s.event_id and s.kind in ("started", "transition", "exited", "goal", "failed", "ignored"):
+                timeline.append((s.at, 2 * n, {"at": _iso(s.at), "kind": "event", "event_id": s.event_id,
+                                               "event_type": s.event_type}))
+            timeline.append((s.at, 2 * n + 1, {"at": _iso(s.at), "kind": s.kind, "from": s.from_state,
+                                               "to": s.to_state, "event_id": s.event_id, "detail": s.detail}))
+        base = 2 * len(step_rows)
+        for n, j in enumerate(job_rows):
+            timeline.append((j.created_at, base + n, {
+                "at": _iso(j.created_at), "kind": "action", "action": j.action, "key": j.id, "status": j.status,
+                "attempts": j.attempts, "last_error": j.last_error}))
+        # An event shows once even when it caused several steps.
+        seen: set[str] = set()
+        items = []
+        for _, _, item in sorted(timeline, key=lambda t: (t[0], t[1])):
+            if item["kind"] == "event":
+                if item["event_id"] in seen:
+                    continue
+                seen.add(item["event_id"])
+            items.append(item)
+        return {**instance_summary(row), "seq": row.seq, "timeline": items}
+
+    @get("/events")
+    async def list_events(self, request: Request[Any, Any, Any], source: str | None = None,
+                          type: str | None = None, contact_id: str | None = None,
+                          status: str | None = None, limit: int = 100) -> dict[str, Any]:
+        query = select(events.c.id, events.c.source, events.c.provider_event_id, events.c.type, events.c.status,
+                       events.c.contact_id, events.c.message_id, events.c.duplicates, events.c.occurred_at,
+                       events.c.received_at, events.c.outcome, events.c.error)
+        if source is not None:
+            query = query.where(events.c.source == source)
+        if type is not None:
+            query = query.where(events.c.type == type)
+        if contact_id is not None:
+            query = query.where(events.c.contact_id == contact_id)
+        if status is not None:
+            query = query.where(events.c.status == status)
+        query = query.order_by(events.c.seq.desc()).limit(_limit(limit))
+        async with db_of(request).read.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {"items": [{"id": r.id, "source": r.source, "provider_event_id": r.provider_event_id,
+                           "type": r.type, "status": r.status, "contact_id": r.contact_id,
+                           "message_id": r.message_id, "duplicates": r.duplicates,
+                           "occurred_at": _iso(r.occurred_at), "received_at": _iso(r.received_at),
+                           "outcome": r.outcome, "error": r.error} for r in rows]}
+
+    @get("/messages")
+    async def list_messages(self, request: Request[Any, Any, Any], contact_id: str | None = None,
+                            instance_id: str | None = None, limit: int = 100) -> dict[str, Any]:
+        query = select(messages)
+        if contact_id is not None:
+            query = query.where(messages.c.contact_id == contact_id)
+        if instance_id is not None:
+            query = query.where(messages.c.instance_id == instance_id)
+        query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(_limit(limit))
+        async with db_of(request).read.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {"items": [{"id": r.id, "channel": r.channel, "provider": r.provider,
+                           "provider_message_id": r.provider_message_id, "status": r.status, "body": r.body,
+                           "to": r.to, "instance_id": r.instance_id, "contact_id": r.contact_id,
+                           "created_at": _iso(r.created_at)} for r in rows]}
+
+    @get("/contacts/{contact_id:str}")
+    async def get_contact(self, request: Request[Any, Any, Any], contact_id: str) -> dict[str, Any]:
+        async with db_of(request).read.connect() as conn:
+            row = (await conn.execute(select(contacts).where(contacts.c.id == contact_id))).first()
+            if row is None:
+                raise NotFoundException(f"no contact {contact_id}")
+            channels = (await conn.execute(select(suppressions.c.channel)
+                                           .where(suppressions.c.contact_id == contact_id)
+                                           .order_by(suppressions.c.channel))).scalars().all()
+        return {"id": row.id, "phone": row.phone, "email": row.email, "timezone": row.timezone,
+                "locale": row.locale, "attributes": row.attributes, "suppressed": list(channels),
+                "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
+
+
+@get("/healthz", sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@get("/readyz")
+async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """Readiness: the database answers and its migrations are current."""
+    try:
+        at = await migrate.current(db_of(request))
+    except Exception as exc:
+        return Response({"status": "unavailable", "database": f"unreachable: {type(exc).__name__}"},
+                        status_code=503)
+    want = migrate.head()
+    if at != want:
+        return Response({"status": "unavailable", "database": f"at migration {at}, needs {want}"}, status_code=503)
+    return Response({"status": "ok", "database": "ok", "migration": at})
