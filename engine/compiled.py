@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from engine.sandbox import Expression, Value, compile_expression, compile_value
@@ -73,6 +74,8 @@ class CompiledJourney:
     vars: tuple[tuple[str, Value | Any], ...]
     subject: Expression | None
     goal_guard: Expression | None
+    # what expressions see as ``journey``
+    view: Mapping[str, Any]
 
     @property
     def id(self) -> str:
@@ -122,4 +125,5 @@ def compile_journey(journey: Journey) -> CompiledJourney:
         vars=tuple((k, compile_value(v) if isinstance(v, str) else v) for k, v in journey.vars.items()),
         subject=None if subject in ("contact", "conversation") else compile_expression(subject),
         goal_guard=None if journey.goal is None else _guard(journey.goal.when),
+        view=MappingProxyType({"id": journey.id, "version": journey.version}),
     )

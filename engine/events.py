@@ -43,6 +43,15 @@ class Event:
     data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def view(self) -> Mapping[str, Any]:
+        """:meth:`scope`, built once per event (events are immutable)."""
+        # Cached by hand: functools.cached_property takes a lock on every read before 3.12.
+        cached: Mapping[str, Any] | None = self.__dict__.get("_view")
+        if cached is None:
+            cached = self.__dict__["_view"] = MappingProxyType(self.scope())
+        return cached
+
     def scope(self) -> dict[str, Any]:
         """What expressions see as ``event``."""
         return {

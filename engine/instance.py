@@ -39,6 +39,15 @@ class Instance:
     def active(self) -> bool:
         return self.status == "active"
 
+    def evolve(self, **changes: Any) -> Instance:
+        """A copy with *changes*: what ``dataclasses.replace`` does, without re-running the frozen
+        ``__init__`` field by field (it dominated the interpreter's profile)."""
+        new = object.__new__(Instance)
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields.update(changes)
+        return new
+
     def scope(self) -> dict[str, Any]:
         """What expressions see as ``instance``."""
         return {
@@ -59,6 +68,14 @@ class Contact:
     timezone: str | None = None
     locale: str | None = None
     attributes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def view(self) -> Mapping[str, Any]:
+        """:meth:`scope`, built once (contacts are immutable)."""
+        cached: Mapping[str, Any] | None = self.__dict__.get("_view")
+        if cached is None:
+            cached = self.__dict__["_view"] = MappingProxyType(self.scope())
+        return cached
 
     def scope(self) -> dict[str, Any]:
         """What expressions see as ``contact``."""

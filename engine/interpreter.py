@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
@@ -26,7 +25,7 @@ from engine.decision import Decision, ScheduledAction, Step, TimerSet
 from engine.events import STATUS_OF_TYPE, Event
 from engine.instance import NO_HISTORY, RECENT_EVENTS, Contact, History, Instance
 from engine.messages import advance
-from engine.sandbox import Expression, Value
+from engine.sandbox import Expression, Value, close_budget, open_budget
 from journeys.errors import ExpressionError
 from journeys.events import TIMER_FIRED
 
@@ -44,12 +43,11 @@ def action_key(instance_id: str, seq: int, index: int) -> str:
     return f"{instance_id}:{seq}:{index}"
 
 
-def _journey_scope(cj: CompiledJourney) -> dict[str, Any]:
-    return {"id": cj.id, "version": cj.version}
+_NO_CONTACT: Mapping[str, Any] = MappingProxyType({})
 
 
 def _contact_scope(contact: Contact | None) -> Mapping[str, Any]:
-    return contact.scope() if contact is not None else {}
+    return contact.view if contact is not None else _NO_CONTACT
 
 
 def _holds(guard: Expression | None, scope: Mapping[str, Any]) -> bool:
@@ -57,11 +55,12 @@ def _holds(guard: Expression | None, scope: Mapping[str, Any]) -> bool:
 
 
 def _render(value: Any, scope: Mapping[str, Any]) -> Any:
-    if isinstance(value, Value):
+    kind = type(value)
+    if kind is Value:
         return value(scope)
-    if isinstance(value, Mapping):
+    if kind is dict:
         return {k: _render(v, scope) for k, v in value.items()}
-    if isinstance(value, list):
+    if kind is list:
         return [_render(v, scope) for v in value]
     return value
 
@@ -74,8 +73,7 @@ def subject_of(cj: CompiledJourney, event: Event, contact: Contact | None) -> st
     if mode == "conversation":
         return event.conversation_id
     assert cj.subject is not None
-    scope = {"event": event.scope(), "contact": _contact_scope(contact), "journey": _journey_scope(cj), "now":
-             event.occurred_at}
+    scope = {"event": event.view, "contact": _contact_scope(contact), "journey": cj.view, "now": event.occurred_at}
     value = cj.subject(scope)
     return None if value is None or value == "" else str(value)
 
@@ -92,25 +90,29 @@ class _Run:
         self.actions: list[ScheduledAction] = []
         self.timers: list[TimerSet] = []
         self.cancelled: list[str] = []
+        self._scope: dict[str, Any] | None = None
 
-    def scope(self, instance: Instance) -> dict[str, Any]:
-        return {
-            "event": self.event.scope(),
-            "contact": _contact_scope(self.contact),
-            "vars": instance.vars,
-            "instance": instance.scope(),
-            "journey": _journey_scope(self.cj),
-            "now": self.now,
-        }
+    def scope(self, instance: Instance, vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {"event": self.event.view, "contact": _contact_scope(self.contact), "journey": self.cj.view,
+                "now": self.now, "vars": instance.vars if vars is None else vars, "instance": instance.scope()}
 
-    def step(self, kind: Any, **fields: Any) -> None:
-        self.steps.append(Step(kind, self.now, self.event.id, self.event.type, **fields))
+    def lazy_scope(self, instance: Instance) -> dict[str, Any]:
+        """The scope of the instance as it was when the event arrived, built on first use."""
+        if self._scope is None:
+            self._scope = self.scope(instance)
+        return self._scope
+
+    def step(self, kind: Any, from_state: str | None = None, to_state: str | None = None,
+             detail: str | None = None) -> None:
+        self.steps.append(Step(kind, self.now, self.event.id, self.event.type, from_state, to_state, detail))
 
     def cancel_timers(self, instance: Instance) -> None:
         state = self.cj.states[instance.state]
         self.cancelled += [timer_id(instance.id, instance.seq, t.index) for t in state.timers]
 
     def schedule(self, instance: Instance, actions: tuple[CompiledAction, ...], first_index: int) -> int:
+        if not actions:
+            return first_index
         scope = self.scope(instance)
         index = first_index
         for compiled in actions:
@@ -121,7 +123,7 @@ class _Run:
                 instance_id=instance.id,
                 state=instance.state,
                 seq=instance.seq,
-                index=index,
+                idx=index,
                 inputs=MappingProxyType(_render(compiled.inputs, scope)),
                 retry=call.retry,
                 priority=self.cj.journey.priority,
@@ -132,14 +134,14 @@ class _Run:
     def enter(self, instance: Instance, target: str, do: tuple[CompiledAction, ...], kind: Any) -> Instance:
         """Leave the current state (when active) and enter *target*: do, enter, timers."""
         source = instance.state
-        entered = replace(instance, state=target, seq=instance.seq + 1, entered_at=self.now)
+        entered = instance.evolve(state=target, seq=instance.seq + 1, entered_at=self.now)
         self.step(kind, from_state=source, to_state=target)
         compiled = self.cj.states[target]
         next_index = self.schedule(entered, do, 0)
         self.schedule(entered, compiled.enter, next_index)
         if compiled.state.final:
             self.step("completed", to_state=target)
-            return replace(entered, status="completed", ended_at=self.now)
+            return entered.evolve(status="completed", ended_at=self.now)
         for t in compiled.timers:
             self.timers.append(TimerSet(
                 id=timer_id(entered.id, entered.seq, t.index),
@@ -147,7 +149,7 @@ class _Run:
                 due_at=self.now + timedelta(milliseconds=t.timer.delay_ms),
                 state=target,
                 seq=entered.seq,
-                index=t.index,
+                idx=t.index,
                 delay=t.timer.text,
             ))
         return entered
@@ -160,19 +162,24 @@ class _Run:
             self.cancel_timers(instance)
         message = f"{where}: {error}"
         self.step("failed", from_state=instance.state, detail=message)
-        failed = replace(instance, status="failed", ended_at=self.now, error=message)
+        failed = instance.evolve(status="failed", ended_at=self.now, error=message)
         return self.decision("failed", message, failed)
 
     def decision(self, outcome: Any, reason: str, instance: Instance | None) -> Decision:
         if instance is not None:
             recent = (*instance.recent_events, self.event.id)[-RECENT_EVENTS:]
-            instance = replace(instance, recent_events=recent)
+            instance = instance.evolve(recent_events=recent)
         return Decision(outcome, reason, instance, tuple(self.steps), tuple(self.actions), tuple(self.timers),
                         tuple(self.cancelled))
 
 
 def _ignored(reason: str, instance: Instance | None = None) -> Decision:
     return Decision("ignored", reason, instance)
+
+
+# Every new instance is a copy of this one with its own fields (cheaper than __init__).
+_NEW = Instance(id="", journey="", version=0, subject="", state="", status="active",
+                started_at=datetime.min, entered_at=datetime.min, seq=0)
 
 
 def _start(
@@ -189,7 +196,7 @@ def _start(
             ready = history.last_ended_at + timedelta(milliseconds=reentry.cooldown_ms)
             if now < ready:
                 return Decision("not_started", f"in cooldown until {ready.isoformat()} (reentry: {reentry.text})")
-    scope = {"event": event.scope(), "contact": _contact_scope(contact), "journey": _journey_scope(cj), "now": now}
+    scope = {"event": event.view, "contact": _contact_scope(contact), "journey": cj.view, "now": now}
     try:
         if not any(_holds(t.guard, scope) for t in triggers):
             return Decision("not_started", f"no trigger guard on {event.type} holds")
@@ -198,36 +205,37 @@ def _start(
         return Decision("not_started", f"trigger or subject failed: {exc}")
     if subject is None:
         return Decision("not_started", f"no subject for {cj.journey.subject!r} in this event")
-    instance = Instance(
+    instance = _NEW.evolve(
         id=instance_id_for(cj.id, cj.version, subject, event.id),
         journey=cj.id,
         version=cj.version,
         subject=subject,
         state=cj.journey.initial,
-        status="active",
         started_at=now,
         entered_at=now,
-        seq=0,
         contact_id=contact.id if contact is not None else event.contact_id,
     )
     run = _Run(cj, event, now, contact)
     captured: dict[str, Any] = {}
     try:
-        for name, value in cj.vars:
-            scope = run.scope(replace(instance, vars=MappingProxyType(dict(captured))))
-            captured[name] = value(scope) if isinstance(value, Value) else value
-        instance = replace(instance, vars=MappingProxyType(captured))
+        if cj.vars:
+            # each var sees the ones above it
+            scope = run.scope(instance, captured)
+            for name, value in cj.vars:
+                captured[name] = value(scope) if isinstance(value, Value) else value
+        instance = instance.evolve(vars=MappingProxyType(captured))
         started = run.enter(instance, cj.journey.initial, (), "started")
     except ExpressionError as exc:
-        return run.fail(replace(instance, vars=MappingProxyType(captured)), exc, "starting")
+        return run.fail(instance.evolve(vars=MappingProxyType(dict(captured))), exc, "starting")
     return run.decision("started", f"started by {event.type}", started)
 
 
 def _first(
-    rules: tuple[Guarded, ...] | tuple[CompiledTransition, ...], scope: Mapping[str, Any]
+    rules: tuple[Guarded, ...] | tuple[CompiledTransition, ...], run: _Run, instance: Instance
 ) -> Guarded | CompiledTransition | None:
     for rule in rules:
-        if _holds(rule.guard, scope):
+        guard = rule.guard
+        if guard is None or guard(run.lazy_scope(instance)):
             return rule
     return None
 
@@ -249,27 +257,26 @@ def _advance(
     state = cj.states[instance.state]
     current = instance
     try:
-        scope = run.scope(instance)
         goal = cj.journey.goal
         if (
             goal is not None
             and goal.on == event.type
             and instance.goal_reached_at is None
             and now - instance.started_at <= timedelta(milliseconds=goal.within_ms)
-            and _holds(cj.goal_guard, scope)
+            and (cj.goal_guard is None or cj.goal_guard(run.lazy_scope(instance)))
         ):
             run.step("goal", from_state=instance.state, detail=f"goal {goal.on} reached")
-            current = replace(current, goal_reached_at=now)
-        exit_rule = _first(cj.exits.get(event.type, ()), scope)
+            current = current.evolve(goal_reached_at=now)
+        exit_rule = _first(cj.exits.get(event.type, ()), run, instance)
         if isinstance(exit_rule, Guarded):
             run.cancel_timers(current)
             if exit_rule.to is not None:
                 ended = run.enter(current, exit_rule.to, (), "exited")
                 return run.decision("ended", f"exit on {event.type} to {exit_rule.to}", ended)
             run.step("exited", from_state=current.state)
-            ended = replace(current, status="exited", ended_at=now)
+            ended = current.evolve(status="exited", ended_at=now)
             return run.decision("ended", f"exit on {event.type}", ended)
-        transition = _first(state.on.get(event.type, ()), scope)
+        transition = _first(state.on.get(event.type, ()), run, instance)
         if isinstance(transition, CompiledTransition):
             run.cancel_timers(current)
             moved = run.enter(current, transition.to, transition.do, "transition")
@@ -322,11 +329,23 @@ def decide(
     *history* says whether earlier instances of it ended, for ``reentry``.
     *message_status* is the status of the message the event is about, before it.
     """
+    token = open_budget()
+    try:
+        return _decide(cj, instance, event, now, contact, history, message_status)
+    finally:
+        close_budget(token)
+
+
+def _decide(
+    cj: CompiledJourney, instance: Instance | None, event: Event, now: datetime, contact: Contact | None,
+    history: History, message_status: str | None,
+) -> Decision:
+    if instance is not None and event.id in instance.recent_events:
+        # also for an ended instance: the event that ended it must not start it again
+        return _ignored(f"duplicate: event {event.id} was applied already", instance if instance.active else None)
     if instance is not None and instance.active:
         if instance.journey != cj.id or instance.version != cj.version:
             return _ignored(f"instance is on {instance.journey} v{instance.version}", instance)
-        if event.id in instance.recent_events:
-            return _ignored(f"duplicate: event {event.id} was applied already", instance)
         return _advance(cj, instance, event, now, contact, message_status)
     if instance is not None:
         last = instance.ended_at

@@ -392,7 +392,7 @@ class Engine:
         for timer in decision.timers_set:
             batch.timers.append({"id": timer.id, "instance_id": timer.instance_id, "partition_key": partition,
                                  "due_at": timer.due_at, "state": timer.state, "seq": timer.seq,
-                                 "idx": timer.index, "delay": timer.delay, "status": "pending"})
+                                 "idx": timer.idx, "delay": timer.delay, "status": "pending"})
         batch.cancelled.extend(decision.timers_cancelled)
         for action in decision.actions:
             batch.jobs.append({

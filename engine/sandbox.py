@@ -18,12 +18,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from types import MappingProxyType
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2.parser import Parser
 from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from engine import fastexpr
 from journeys import expressions
 from journeys.errors import ExpressionError
 
@@ -78,6 +81,10 @@ class JourneySandbox(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "+"})
 
+    @staticmethod
+    def spend() -> None:
+        _spend()
+
     def call_binop(self, context: Context, op: str, left: Any, right: Any) -> Any:
         _spend()
         if op == "*":
@@ -93,7 +100,8 @@ class JourneySandbox(ImmutableSandboxedEnvironment):
     def getattr(self, obj: Any, attribute: str) -> Any:
         _spend()
         # Data first: event.data.items is the key "items", not dict.items.
-        if isinstance(obj, Mapping) and attribute in obj:
+        kind = type(obj)
+        if (kind is dict or kind is MappingProxyType or isinstance(obj, Mapping)) and attribute in obj:
             return obj[attribute]
         return super().getattr(obj, attribute)
 
@@ -155,8 +163,13 @@ class Expression:
 
     source: str
     _fn: Callable[..., Any]
+    # the same expression as a plain closure over the sandbox hooks (see engine.fastexpr)
+    _fast: Callable[[Mapping[str, Any]], Any] | None = None
 
     def __call__(self, scope: Mapping[str, Any]) -> Any:
+        fast = self._fast
+        if fast is not None:
+            return _run_fast(fast, scope)
         return _run(lambda: _defined(self._fn(**scope)))
 
 
@@ -168,11 +181,54 @@ class Template:
     _template: Any
     # Plain text with no Jinja in it renders to itself, without the sandbox.
     constant: str | None
+    _fast: Callable[[Mapping[str, Any]], Any] | None = None
 
     def __call__(self, scope: Mapping[str, Any]) -> str:
         if self.constant is not None:
             return self.constant
+        fast = self._fast
+        if fast is not None:
+            out = str(_run_fast(fast, scope))
+            if len(out) > MAX_OUTPUT:
+                raise ExpressionError(f"template output over {MAX_OUTPUT} characters")
+            return out
         return str(_run(lambda: _render(self._template, scope)))
+
+
+def _run_fast(fn: Callable[[Mapping[str, Any]], Any], scope: Mapping[str, Any]) -> Any:
+    budget = _work.get()
+    token = None
+    if budget is None:
+        token = _work.set([MAX_WORK])
+    else:
+        budget[0] = MAX_WORK  # inside work_budget(): refill in place, cheaper than a new context
+    try:
+        value = fn(scope)
+        if isinstance(value, Undefined):
+            value._fail_with_undefined_error()
+        return value
+    except ExpressionError:
+        raise
+    except TemplateError as exc:
+        raise ExpressionError(exc.message or type(exc).__name__) from exc
+    except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError, RecursionError) as exc:
+        raise ExpressionError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        if token is not None:
+            _work.reset(token)
+
+
+def open_budget() -> contextvars.Token[list[int] | None]:
+    """Hold one budget cell for many evaluations (each still gets MAX_WORK); pair with close_budget.
+
+    A plain token rather than a context manager: this runs once per decision, and a
+    generator-based context manager costs more than the decision's own bookkeeping.
+    """
+    return _work.set([MAX_WORK])
+
+
+def close_budget(token: contextvars.Token[list[int] | None]) -> None:
+    _work.reset(token)
 
 
 def _defined(value: Any) -> Any:
@@ -199,11 +255,13 @@ def compile_expression(source: str) -> Expression:
     """Compile a guard or subject; syntax was checked at load, but be safe anyway."""
     if len(source) > expressions.MAX_EXPRESSION_LENGTH:
         raise ExpressionError(f"expression longer than {expressions.MAX_EXPRESSION_LENGTH} characters")
+    env = environment()
     try:
-        compiled = environment().compile_expression(source, undefined_to_none=False)
+        compiled = env.compile_expression(source, undefined_to_none=False)
+        tree = Parser(env, source, state="variable").parse_expression()
     except TemplateError as exc:
         raise ExpressionError(f"cannot compile {source!r}: {exc}") from exc
-    return Expression(source, compiled)
+    return Expression(source, compiled, fastexpr.compile_expression(env, tree))
 
 
 def compile_template(source: str, *, html: bool = False) -> Template:
@@ -221,7 +279,8 @@ def compile_template(source: str, *, html: bool = False) -> Template:
             and all(isinstance(n, nodes.TemplateData) for n in ast.body[0].nodes)
         ):
             constant = "".join(n.data for n in ast.body[0].nodes if isinstance(n, nodes.TemplateData))
-        return Template(source, env.from_string(ast), constant)
+        fast = None if html else fastexpr.compile_template(env, ast)
+        return Template(source, env.from_string(ast), constant, fast)
     except TemplateError as exc:
         raise ExpressionError(f"cannot compile template: {exc}") from exc
 

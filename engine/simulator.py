@@ -159,7 +159,7 @@ class World:
                 source="timer",
                 contact_id=self.contact.id,
                 data=MappingProxyType({"instance_id": timer.instance_id, "state": timer.state, "seq": timer.seq,
-                                       "index": timer.index, "timer_id": timer.id}),
+                                       "index": timer.idx, "timer_id": timer.id}),
             ))
             self._drain()
         self.clock = target

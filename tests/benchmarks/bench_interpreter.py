@@ -208,7 +208,7 @@ def build(cj: CompiledJourney, spec: Spec, target_events: int) -> list[Life]:
                 event = Event(id=f"timer:{timer.id}", type=TIMER_FIRED, occurred_at=at, source="timer",
                               contact_id=contact.id,
                               data=MappingProxyType({"instance_id": timer.instance_id, "state": timer.state,
-                                                     "seq": timer.seq, "index": timer.index,
+                                                     "seq": timer.seq, "index": timer.idx,
                                                      "timer_id": timer.id}))
             elif kind == "paid":
                 at += GAP[kind]

@@ -46,7 +46,7 @@ def timer_event(decision: Decision, index: int = 0) -> Event:
     timer = decision.timers_set[index]
     return Event(id=f"timer:{timer.id}", type="timer.fired", occurred_at=timer.due_at,
                  data=MappingProxyType({"instance_id": timer.instance_id, "state": timer.state, "seq": timer.seq,
-                                        "index": timer.index}))
+                                        "index": timer.idx}))
 
 
 BASIC = """
@@ -188,7 +188,7 @@ class TestTransitions:
         start, paid = run(basic, ev("order.created", data={"total": 40}), ev("order.paid"))
         assert paid.outcome == "ended" and paid.instance is not None
         assert (paid.instance.state, paid.instance.status) == ("done", "completed")
-        assert [(a.action, a.index, a.seq) for a in paid.actions] == [("http", 0, 2), ("emit", 1, 2)]
+        assert [(a.action, a.idx, a.seq) for a in paid.actions] == [("http", 0, 2), ("emit", 1, 2)]
         assert paid.actions[0].inputs == {"url": f"https://x.example/{start.instance.id}",  # type: ignore[union-attr]
                                           "json": {"n": 40}}
         assert paid.actions[0].key == f"{start.instance.id}:2:0"  # type: ignore[union-attr]
