@@ -54,6 +54,11 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+def aware(value: datetime) -> datetime:
+    """A database time as an aware UTC datetime, whichever database gave it."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     batch_size: int = 500
