@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import traceback
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ from engine.messages import advance
 from engine.versions import Registry
 from journeys.errors import ExpressionError
 from journeys.events import TIMER_FIRED
+from journeys.model import RetryPolicy
 
 log = logging.getLogger("journeys.engine")
 
@@ -333,8 +335,8 @@ class Engine:
                 out.append((newest, None, batch.history.get((jid, subject), NO_HISTORY)))
         return out
 
-    def _apply(self, batch: Batch, row: Any, now: datetime) -> None:
-        event = event_from_row(row)
+    def _apply(self, batch: Batch, row: Any, now: datetime, event: Event | None = None) -> None:
+        event = event or event_from_row(row)
         contact = batch.contacts.get(event.contact_id or "")
         message = None
         if event.message_id:
@@ -402,7 +404,7 @@ class Engine:
         for action in decision.actions:
             batch.jobs.append({
                 "id": action.key, "instance_id": action.instance_id, "journey": instance.journey,
-                "action": action.action, "inputs": dict(action.inputs), "retry": action.retry.to_dict(),
+                "action": action.action, "inputs": dict(action.inputs), "retry": _retry_dict(action.retry),
                 "priority": action.priority, "status": "pending", "attempts": 0, "next_attempt_at": now,
                 "created_at": now, "updated_at": now,
             })
@@ -447,14 +449,15 @@ class Engine:
         """Decide and write *rows* in one transaction; returns (processed, deferred)."""
         deferred: list[Any] = []
         async with self.db.write.begin() as conn:
-            batch = await self._load(conn, [event_from_row(r) for r in rows])
+            evs = [event_from_row(r) for r in rows]
+            batch = await self._load(conn, evs)
             waiting: set[str] = set()
-            for row in rows:
+            for row, event in zip(rows, evs, strict=True):
                 if row.partition_key in waiting:
                     deferred.append(row)
                     continue
                 try:
-                    self._apply(batch, row, now)
+                    self._apply(batch, row, now, event)
                 except Deferred:
                     waiting.add(row.partition_key)
                     deferred.append(row)
@@ -514,6 +517,11 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.idle_sleep)
         await self.release()
+
+
+@functools.lru_cache(maxsize=1024)
+def _retry_dict(policy: RetryPolicy) -> dict[str, Any]:
+    return policy.to_dict()
 
 
 def _describe(exc: BaseException) -> str:

@@ -97,10 +97,10 @@ async def test_invariant_3_processing_is_atomic(db: Database) -> None:
 
 
 class PoisonEngine(Engine):
-    def _apply(self, batch: Any, row: Any, now: Any) -> None:
+    def _apply(self, batch: Any, row: Any, now: Any, event: Any = None) -> None:
         if row.id == "poison":
             raise ValueError("a payload nobody expected")
-        super()._apply(batch, row, now)
+        super()._apply(batch, row, now, event)
 
 
 async def test_invariant_8_poison_event_is_quarantined(db: Database) -> None:
