@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, text, tuple_, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -193,6 +193,10 @@ class Engine:
             if not chosen:
                 return []
             if conn.dialect.name == "postgresql":
+                # SQLite serializes claimers with BEGIN IMMEDIATE; PostgreSQL needs a lock per
+                # partition, held to our commit, and then a fresh look at the leases: a claimer
+                # that committed after our scan is visible now, and one that did not is waiting
+                # for our locks.
                 keys = sorted({p for _, p in chosen})
                 locked = await conn.execute(
                     text("SELECT k FROM unnest(CAST(:keys AS text[])) AS k "
@@ -200,18 +204,19 @@ class Engine:
                     {"keys": keys},
                 )
                 mine = {r.k for r in locked}
+                taken = await conn.execute(
+                    select(events.c.partition_key).distinct().where(
+                        events.c.partition_key.in_(sorted(mine)),
+                        events.c.status == "pending",
+                        events.c.claimed_by.is_not(None),
+                        events.c.claimed_by != self.worker_id,
+                        events.c.lease_until >= now,
+                    )
+                )
+                mine -= {r.partition_key for r in taken}
                 chosen = [(s, p) for s, p in chosen if p in mine]
                 if not chosen:
                     return []
-            other = events.alias("earlier")
-            earlier_leased = exists().where(
-                other.c.partition_key == events.c.partition_key,
-                other.c.status == "pending",
-                other.c.seq < events.c.seq,
-                other.c.claimed_by.is_not(None),
-                other.c.claimed_by != self.worker_id,
-                other.c.lease_until >= now,
-            )
             result = await conn.execute(
                 update(events)
                 .where(
@@ -219,7 +224,6 @@ class Engine:
                     events.c.status == "pending",
                     or_(events.c.lease_until.is_(None), events.c.lease_until < now,
                         events.c.claimed_by == self.worker_id),
-                    ~earlier_leased,
                 )
                 .values(claimed_by=self.worker_id, lease_until=now + self.settings.lease,
                         attempts=events.c.attempts + 1)
