@@ -1,0 +1,138 @@
+"""``journeys serve`` as a real process: it starts, serves, runs the engine, stops cleanly on SIGTERM,
+and refuses a database whose migrations are behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+
+import httpx
+import pytest
+from sqlalchemy import select, text
+
+from engine.db.database import connect
+from engine.db.schema import events
+from engine.events import Event
+from engine.store import store_events
+from tests.conftest import EXAMPLES
+
+EXE = str(Path(sys.executable).parent / "journeys")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Path:
+    folder = tmp_path / "ops"
+    shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("journeys.db*"))
+    return folder
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("JOURNEYS_DATABASE_URL", None)
+    return env
+
+
+@pytest.fixture
+def server(deployment: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    proc = subprocess.Popen([EXE, "serve", str(deployment), "--dev", "--port", str(port)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise AssertionError(f"serve did not start:\n{proc.communicate()[0]}")
+    yield proc, base
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _store(db_file: Path, *batch: Event) -> None:
+    async def run() -> None:
+        db = connect(f"sqlite+aiosqlite:///{db_file}")
+        async with db.write.begin() as conn:
+            await store_events(conn, batch, datetime.now(UTC))
+        await db.dispose()
+
+    asyncio.run(run())
+
+
+def test_serve_runs_the_engine_and_stops_cleanly(server: tuple[subprocess.Popen[str], str],
+                                                 deployment: Path) -> None:
+    proc, base = server
+    assert httpx.get(f"{base}/readyz").json()["status"] == "ok"
+    journeys = {j["journey"] for j in httpx.get(f"{base}/api/journeys").json()["items"]}
+    assert journeys == {"payment-reminder", "opt-out", "sms-helpdesk", "cart-recovery"}
+    now = datetime.now(UTC)
+    _store(deployment / "journeys.db", Event(id="e1", type="invoice.overdue", occurred_at=now, source="app",
+                                             contact_id="c-1", data=MappingProxyType({"amount_due": 5,
+                                                                                       "invoice_id": "I-1"})))
+    deadline = time.monotonic() + 15
+    items: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not items:
+        items = httpx.get(f"{base}/api/instances", params={"contact_id": "c-1"}).json()["items"]
+        time.sleep(0.1)
+    assert [(i["journey"], i["state"], i["status"]) for i in items] == [("payment-reminder", "remind", "active")]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    # uvicorn re-raises the signal after its graceful shutdown, as process managers expect
+    assert proc.returncode == -signal.SIGTERM, out
+    assert "Application shutdown complete" in out
+
+    async def claimed() -> int:
+        db = connect(f"sqlite+aiosqlite:///{deployment / 'journeys.db'}")
+        async with db.read.connect() as conn:
+            rows = (await conn.execute(select(events.c.id).where(events.c.claimed_by.is_not(None)))).all()
+        await db.dispose()
+        return len(rows)
+
+    assert asyncio.run(claimed()) == 0
+
+
+def test_serve_refuses_a_database_behind(deployment: Path) -> None:
+    assert subprocess.run([EXE, "db", "upgrade", str(deployment)], env=_env(), capture_output=True).returncode == 0
+
+    async def rewind() -> None:
+        db = connect(f"sqlite+aiosqlite:///{deployment / 'journeys.db'}")
+        async with db.write.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
+        await db.dispose()
+
+    asyncio.run(rewind())
+    proc = subprocess.run([EXE, "serve", str(deployment), "--dev", "--port", str(free_port())], env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"run `journeys db upgrade {deployment}`" in proc.stderr
+
+
+def test_serve_names_a_missing_secret(deployment: Path) -> None:
+    env = _env()
+    for name in ("TWILIO_AUTH_TOKEN", "SENDGRID_WEBHOOK_PUBLIC_KEY", "APP_WEBHOOK_SECRET", "APP_WEBHOOK_SECRET_OLD"):
+        env.pop(name, None)
+    proc = subprocess.run([EXE, "serve", str(deployment), "--port", str(free_port())], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "environment variable TWILIO_AUTH_TOKEN is not set" in proc.stderr
