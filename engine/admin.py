@@ -15,6 +15,7 @@ from litestar import Controller, Request, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath, FromQuery
 from litestar.response import Response
 from sqlalchemy import select
 
@@ -73,9 +74,9 @@ class AdminController(Controller):
                            "file": r.file, "registered_at": _iso(r.registered_at)} for r in rows]}
 
     @get("/instances")
-    async def list_instances(self, request: Request[Any, Any, Any], contact_id: str | None = None,
-                             journey: str | None = None, status: str | None = None,
-                             limit: int = 100) -> dict[str, Any]:
+    async def list_instances(self, request: Request[Any, Any, Any], contact_id: FromQuery[str | None] = None,
+                             journey: FromQuery[str | None] = None, status: FromQuery[str | None] = None,
+                             limit: FromQuery[int] = 100) -> dict[str, Any]:
         query = select(instances)
         if contact_id is not None:
             query = query.where(instances.c.contact_id == contact_id)
@@ -89,7 +90,7 @@ class AdminController(Controller):
         return {"items": [instance_summary(r) for r in rows]}
 
     @get("/instances/{instance_id:str}")
-    async def get_instance(self, request: Request[Any, Any, Any], instance_id: str) -> dict[str, Any]:
+    async def get_instance(self, request: Request[Any, Any, Any], instance_id: FromPath[str]) -> dict[str, Any]:
         async with db_of(request).read.connect() as conn:
             row = (await conn.execute(select(instances).where(instances.c.id == instance_id))).first()
             if row is None:
@@ -98,33 +99,13 @@ class AdminController(Controller):
                                             .order_by(steps.c.id))).all()
             job_rows = (await conn.execute(select(jobs).where(jobs.c.instance_id == instance_id)
                                            .order_by(jobs.c.created_at, jobs.c.id))).all()
-        timeline: list[tuple[Any, int, dict[str, Any]]] = []
-        for n, s in enumerate(step_rows):
-            if s.event_id and s.kind in ("started", "transition", "exited", "goal", "failed", "ignored"):
-                timeline.append((s.at, 2 * n, {"at": _iso(s.at), "kind": "event", "event_id": s.event_id,
-                                               "event_type": s.event_type}))
-            timeline.append((s.at, 2 * n + 1, {"at": _iso(s.at), "kind": s.kind, "from": s.from_state,
-                                               "to": s.to_state, "event_id": s.event_id, "detail": s.detail}))
-        base = 2 * len(step_rows)
-        for n, j in enumerate(job_rows):
-            timeline.append((j.created_at, base + n, {
-                "at": _iso(j.created_at), "kind": "action", "action": j.action, "key": j.id, "status": j.status,
-                "attempts": j.attempts, "last_error": j.last_error}))
-        # An event shows once even when it caused several steps.
-        seen: set[str] = set()
-        items = []
-        for _, _, item in sorted(timeline, key=lambda t: (t[0], t[1])):
-            if item["kind"] == "event":
-                if item["event_id"] in seen:
-                    continue
-                seen.add(item["event_id"])
-            items.append(item)
-        return {**instance_summary(row), "seq": row.seq, "timeline": items}
+        return {**instance_summary(row), "seq": row.seq, "timeline": timeline(step_rows, job_rows)}
+
 
     @get("/events")
-    async def list_events(self, request: Request[Any, Any, Any], source: str | None = None,
-                          type: str | None = None, contact_id: str | None = None,
-                          status: str | None = None, limit: int = 100) -> dict[str, Any]:
+    async def list_events(self, request: Request[Any, Any, Any], source: FromQuery[str | None] = None,
+                          type: FromQuery[str | None] = None, contact_id: FromQuery[str | None] = None,
+                          status: FromQuery[str | None] = None, limit: FromQuery[int] = 100) -> dict[str, Any]:
         query = select(events.c.id, events.c.source, events.c.provider_event_id, events.c.type, events.c.status,
                        events.c.contact_id, events.c.message_id, events.c.duplicates, events.c.occurred_at,
                        events.c.received_at, events.c.outcome, events.c.error)
@@ -146,8 +127,8 @@ class AdminController(Controller):
                            "outcome": r.outcome, "error": r.error} for r in rows]}
 
     @get("/messages")
-    async def list_messages(self, request: Request[Any, Any, Any], contact_id: str | None = None,
-                            instance_id: str | None = None, limit: int = 100) -> dict[str, Any]:
+    async def list_messages(self, request: Request[Any, Any, Any], contact_id: FromQuery[str | None] = None,
+                            instance_id: FromQuery[str | None] = None, limit: FromQuery[int] = 100) -> dict[str, Any]:
         query = select(messages)
         if contact_id is not None:
             query = query.where(messages.c.contact_id == contact_id)
@@ -162,7 +143,7 @@ class AdminController(Controller):
                            "created_at": _iso(r.created_at)} for r in rows]}
 
     @get("/contacts/{contact_id:str}")
-    async def get_contact(self, request: Request[Any, Any, Any], contact_id: str) -> dict[str, Any]:
+    async def get_contact(self, request: Request[Any, Any, Any], contact_id: FromPath[str]) -> dict[str, Any]:
         async with db_of(request).read.connect() as conn:
             row = (await conn.execute(select(contacts).where(contacts.c.id == contact_id))).first()
             if row is None:
@@ -173,6 +154,42 @@ class AdminController(Controller):
         return {"id": row.id, "phone": row.phone, "email": row.email, "timezone": row.timezone,
                 "locale": row.locale, "attributes": row.attributes, "suppressed": list(channels),
                 "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
+
+
+def timeline(step_rows: Any, job_rows: Any) -> list[dict[str, Any]]:
+    """Steps in the order they were written, each event once before its first step, and each
+    action right after the step that entered the state it belongs to (its key holds that entry's
+    number). Times alone cannot order them: a batch of events shares one clock reading."""
+    by_entry: dict[int, list[Any]] = {}
+    for job in job_rows:
+        entry = int(job.id.rsplit(":", 2)[-2])
+        by_entry.setdefault(entry, []).append(job)
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    entry = 0
+    for s in step_rows:
+        if s.event_id and s.event_id not in seen:
+            seen.add(s.event_id)
+            items.append({"at": _iso(s.at), "kind": "event", "event_id": s.event_id, "event_type": s.event_type})
+        items.append({"at": _iso(s.at), "kind": s.kind, "from": s.from_state, "to": s.to_state,
+                      "event_id": s.event_id, "detail": s.detail})
+        if s.kind in ("started", "transition") or (s.kind == "exited" and s.to_state):
+            entry += 1
+            for j in sorted(by_entry.pop(entry, []), key=lambda j: int(j.id.rsplit(":", 1)[-1])):
+                items.append({"at": _iso(j.created_at), "kind": "action", "action": j.action, "key": j.id,
+                              "status": j.status, "attempts": j.attempts, "last_error": j.last_error})
+    for jobs_left in by_entry.values():  # not expected; listed rather than hidden
+        for j in jobs_left:
+            items.append({"at": _iso(j.created_at), "kind": "action", "action": j.action, "key": j.id,
+                          "status": j.status, "attempts": j.attempts, "last_error": j.last_error})
+    return items
+
+
+@get("/schema", include_in_schema=False)
+async def openapi_document(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The OpenAPI document as JSON (the browsable pages are under /schema/ui)."""
+    document: dict[str, Any] = request.app.openapi_schema.to_schema()
+    return document
 
 
 @get("/healthz", sync_to_thread=False)

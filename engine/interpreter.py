@@ -133,7 +133,7 @@ class _Run:
 
     def enter(self, instance: Instance, target: str, do: tuple[CompiledAction, ...], kind: Any) -> Instance:
         """Leave the current state (when active) and enter *target*: do, enter, timers."""
-        source = instance.state
+        source = None if kind == "started" else instance.state
         entered = instance.evolve(state=target, seq=instance.seq + 1, entered_at=self.now)
         self.step(kind, from_state=source, to_state=target)
         compiled = self.cj.states[target]

@@ -199,8 +199,9 @@ class Engine:
                 # for our locks.
                 keys = sorted({p for _, p in chosen})
                 locked = await conn.execute(
+                    # the schema is part of the key: deployments sharing a database do not block each other
                     text("SELECT k FROM unnest(CAST(:keys AS text[])) AS k "
-                         "WHERE pg_try_advisory_xact_lock(hashtext(k))"),
+                         "WHERE pg_try_advisory_xact_lock(hashtext(current_schema() || ':' || k))"),
                     {"keys": keys},
                 )
                 mine = {r.k for r in locked}

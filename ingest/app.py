@@ -15,7 +15,7 @@ from typing import Any
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 
-from engine.admin import AdminController, healthz, readyz
+from engine.admin import AdminController, healthz, openapi_document, readyz
 from engine.db.database import Database
 
 log = logging.getLogger("journeys.serve")
@@ -44,10 +44,10 @@ def build_app(db: Database, *, loops: Sequence[Loop] = (), admin_token: str | No
         await db.dispose()
 
     app = Litestar(
-        route_handlers=[healthz, readyz, AdminController, *route_handlers],
+        route_handlers=[healthz, readyz, openapi_document, AdminController, *route_handlers],
         on_startup=[start],
         on_shutdown=[finish],
-        openapi_config=OpenAPIConfig(title="journeys", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(title="journeys", version="0.1.0", path="/schema/ui"),
         debug=False,
     )
     app.state["db"] = db
