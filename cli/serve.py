@@ -54,6 +54,8 @@ def serve(path: str, host: str, port: int, dev: bool = False) -> int:
     import uvicorn
 
     from ingest.app import build_app
+    from ingest.committer import Committer
+    from ingest.routes import ROUTES, Ingest
 
     folder = _folder(path)
     environ = DevEnvironment(os.environ) if dev else None
@@ -64,9 +66,12 @@ def serve(path: str, host: str, port: int, dev: bool = False) -> int:
     db, engine = asyncio.run(prepare(folder, deployment))
     # The pool was made on the set-up loop; uvicorn runs its own.
     asyncio.run(db.dispose())
-    app = build_app(db, loops=[engine.run, lambda stop: timers.run(db, stop)],
+    committer = Committer(db, deployment.config.policies)
+    app = build_app(db, loops=[engine.run, lambda stop: timers.run(db, stop), committer.run],
                     admin_token=os.environ.get("JOURNEYS_ADMIN_TOKEN") or None,
-                    state={"deployment": deployment, "registry": engine.registry})
+                    state={"deployment": deployment, "registry": engine.registry,
+                           "ingest": Ingest(deployment.config, committer)},
+                    route_handlers=ROUTES)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # readiness checks ask it every few seconds
     print(f"journeys: serving {folder} on http://{host}:{port} with {len(deployment.journeys)} journeys, "

@@ -1,0 +1,134 @@
+"""Find or create the contact an event is about: by our id, else E.164 phone, else lower-cased email.
+
+Many requests are resolved together (group commit). Inserts use ON CONFLICT DO NOTHING
+and read back, so two processes that meet the same new phone at once end up with one
+contact.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import phonenumbers
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine.db.schema import contacts
+from ingest.errors import MalformedError
+from ingest.incoming import ContactRef
+
+
+def e164(raw: str) -> str:
+    """A phone number in E.164 (``+4915112345678``); refuses what cannot be one."""
+    text = raw.strip().removeprefix("whatsapp:").removeprefix("tel:")
+    if text and text[0].isdigit() and len(text) > 7:
+        text = "+" + text  # WhatsApp and Telnyx often drop the plus
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException as exc:
+        raise MalformedError(f"phone {raw!r} is not a number in international format (+4915112345678)") from exc
+    if not phonenumbers.is_possible_number(number):
+        raise MalformedError(f"phone {raw!r} is not a possible number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def email(raw: str) -> str:
+    value = raw.strip().lower()
+    if "@" not in value or len(value) > 320:
+        raise MalformedError(f"email {raw!r} is not an address")
+    return value
+
+
+def clean(ref: ContactRef) -> ContactRef:
+    """The same reference with its phone and email in canonical form (raises MalformedError)."""
+    return ContactRef(
+        id=ref.id, phone=e164(ref.phone) if ref.phone else None, email=email(ref.email) if ref.email else None,
+        timezone=ref.timezone, locale=ref.locale, attributes=ref.attributes,
+    )
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    return postgresql.insert(contacts) if conn.dialect.name == "postgresql" else sqlite.insert(contacts)
+
+
+async def resolve(conn: AsyncConnection, refs: Sequence[ContactRef | None], now: datetime) -> list[str | None]:
+    """The contact id of each reference, creating or updating contacts as the references say."""
+    wanted = [r for r in refs if r is not None]
+    ids = {r.id for r in wanted if r.id}
+    phones = {r.phone for r in wanted if r.phone}
+    emails = {r.email for r in wanted if r.email}
+    known: dict[str, Any] = {}
+    by_phone: dict[str, str] = {}
+    by_email: dict[str, str] = {}
+
+    async def load() -> None:
+        conds = []
+        if ids:
+            conds.append(contacts.c.id.in_(ids))
+        if phones:
+            conds.append(contacts.c.phone.in_(phones))
+        if emails:
+            conds.append(contacts.c.email.in_(emails))
+        if not conds:
+            return
+        for row in await conn.execute(select(contacts).where(or_(*conds))):
+            known[row.id] = row
+            if row.phone:
+                by_phone[row.phone] = row.id
+            if row.email:
+                by_email[row.email] = row.id
+
+    await load()
+    created = False
+    for ref in wanted:
+        if ref.id and ref.id not in known:
+            await conn.execute(_insert(conn).on_conflict_do_nothing(), [{
+                "id": ref.id,
+                "phone": ref.phone if ref.phone not in by_phone else None,
+                "email": ref.email if ref.email not in by_email else None,
+                "timezone": ref.timezone, "locale": ref.locale, "attributes": dict(ref.attributes or {}),
+                "created_at": now, "updated_at": now}])
+            created = True
+        elif not ref.id and not (ref.phone in by_phone or ref.email in by_email):
+            await conn.execute(_insert(conn).on_conflict_do_nothing(), [{
+                "id": f"ct-{uuid.uuid4().hex[:20]}", "phone": ref.phone, "email": ref.email,
+                "timezone": ref.timezone, "locale": ref.locale, "attributes": {},
+                "created_at": now, "updated_at": now}])
+            created = True
+        if created:
+            await load()
+            created = False
+    out: list[str | None] = []
+    for given in refs:
+        if given is None:
+            out.append(None)
+            continue
+        contact_id = given.id or (by_phone.get(given.phone or "") or by_email.get(given.email or ""))
+        out.append(contact_id)
+        if given.id and contact_id in known:
+            await _update(conn, known[contact_id], given, by_phone, by_email, now)
+    return out
+
+
+async def _update(conn: AsyncConnection, row: Any, ref: ContactRef, by_phone: dict[str, str],
+                  by_email: dict[str, str], now: datetime) -> None:
+    """An events source's contact fields win; a phone or email another contact holds is left alone."""
+    values: dict[str, Any] = {}
+    if ref.phone and ref.phone != row.phone and by_phone.get(ref.phone, row.id) == row.id:
+        values["phone"] = ref.phone
+    if ref.email and ref.email != row.email and by_email.get(ref.email, row.id) == row.id:
+        values["email"] = ref.email
+    if ref.timezone and ref.timezone != row.timezone:
+        values["timezone"] = ref.timezone
+    if ref.locale and ref.locale != row.locale:
+        values["locale"] = ref.locale
+    if ref.attributes:
+        merged = {**(row.attributes or {}), **ref.attributes}
+        if merged != row.attributes:
+            values["attributes"] = merged
+    if values:
+        await conn.execute(update(contacts).where(contacts.c.id == row.id).values(**values, updated_at=now))

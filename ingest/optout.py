@@ -1,0 +1,60 @@
+"""Opt-outs and opt-ins: keywords in replies, and the suppression list they change.
+
+A reply whose whole text is an opt-out keyword (policies.opt_out_keywords, case-insensitive)
+yields a second event, ``contact.opted_out``, right after the reply itself; an opt-in
+keyword yields ``contact.opted_in``. The suppression list changes in the same transaction
+that stores the event, before any journey runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from types import MappingProxyType
+
+from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine.db.schema import suppressions
+from engine.events import Event
+from ingest.incoming import Incoming
+from journeys.config import Policies
+
+OPT_OUT_TYPES = ("contact.opted_out", "contact.complained")
+
+
+def with_keywords(items: Iterable[Incoming], policies: Policies) -> list[Incoming]:
+    out: list[Incoming] = []
+    for item in items:
+        out.append(item)
+        if item.type != "message.received" or item.text is None:
+            continue
+        word = item.text.strip().upper()
+        kind = ("contact.opted_out" if word in policies.opt_out_keywords
+                else "contact.opted_in" if word in policies.opt_in_keywords else None)
+        if kind is None:
+            continue
+        derived = replace(item, type=kind, provider_event_id=f"{item.provider_event_id}:opt", text=None,
+                          inbound=False, data=MappingProxyType({"keyword": word, "via": "keyword"}))
+        # a provider's own opt-out flag makes the same event: the id dedupes them
+        if not any(o.provider_event_id == derived.provider_event_id for o in out):
+            out.append(derived)
+    return out
+
+
+async def apply(conn: AsyncConnection, stored: Sequence[Event], policies: Policies, now: datetime) -> None:
+    """Update the suppression list for the opt-outs and opt-ins among newly stored events, in order."""
+    insert = postgresql.insert(suppressions) if conn.dialect.name == "postgresql" else sqlite.insert(suppressions)
+    for event in stored:
+        if not event.contact_id:
+            continue
+        if event.type in OPT_OUT_TYPES:
+            await conn.execute(insert.on_conflict_do_nothing(), [
+                {"contact_id": event.contact_id, "channel": channel, "reason": event.type, "event_id": event.id,
+                 "created_at": now} for channel in policies.opt_out_scope])
+        elif event.type == "contact.opted_in":
+            channels: Iterable[str] = [event.channel] if event.channel else policies.opt_out_scope
+            await conn.execute(delete(suppressions).where(suppressions.c.contact_id == event.contact_id,
+                                                          suppressions.c.channel.in_(list(channels))))
