@@ -17,7 +17,7 @@ from typing import Any, Literal, NamedTuple
 from engine.instance import Instance
 from journeys.model import DEFAULT_RETRY, RetryPolicy
 
-Outcome = Literal["started", "transitioned", "ended", "goal", "ignored", "not_started", "failed"]
+Outcome = Literal["started", "transitioned", "ended", "goal", "ignored", "duplicate", "not_started", "failed"]
 StepKind = Literal["started", "transition", "completed", "exited", "goal", "failed", "ignored"]
 
 
@@ -70,5 +70,5 @@ class Decision(NamedTuple):
 
     @property
     def changed(self) -> bool:
-        """Whether anything must be written besides the event's own status."""
-        return self.outcome not in ("ignored", "not_started")
+        """Whether the instance must be written (an ignored event is still remembered by it)."""
+        return self.instance is not None and self.outcome not in ("duplicate", "not_started")

@@ -23,6 +23,9 @@ STATUS_OF_TYPE: Mapping[str, str] = MappingProxyType({
     "message.failed": "failed",
 })
 
+# Types that are news about one message we sent (a reply is not: it belongs to the conversation).
+ABOUT_A_MESSAGE: frozenset[str] = frozenset({*STATUS_OF_TYPE, "message.opened", "message.clicked"})
+
 
 @dataclass(frozen=True)
 class Event:

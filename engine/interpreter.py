@@ -157,9 +157,9 @@ class _Run:
     def fail(self, instance: Instance, error: ExpressionError, where: str) -> Decision:
         # Nothing of this run is kept but the failure: no half-applied transition.
         self.actions, self.timers, self.steps = [], [], []
-        if instance.active and instance.state in self.cj.states:
-            self.cancelled = []
-            self.cancel_timers(instance)
+        self.cancelled = []
+        if instance.active and instance.seq > 0 and instance.state in self.cj.states:
+            self.cancel_timers(instance)  # an instance that never entered a state set no timers
         message = f"{where}: {error}"
         self.step("failed", from_state=instance.state, detail=message)
         failed = instance.evolve(status="failed", ended_at=self.now, error=message)
@@ -174,7 +174,15 @@ class _Run:
 
 
 def _ignored(reason: str, instance: Instance | None = None) -> Decision:
-    return Decision("ignored", reason, instance)
+    """Nothing to do, and nothing remembered (the event was not this instance's to see)."""
+    return Decision("duplicate" if reason.startswith("duplicate") else "ignored", reason, instance)
+
+
+def _seen(reason: str, instance: Instance, event: Event) -> Decision:
+    """Nothing to do, but the instance remembers the event: delivered again later, in another
+    state, it must still change nothing."""
+    recent = (*instance.recent_events, event.id)[-RECENT_EVENTS:]
+    return Decision("ignored", reason, instance.evolve(recent_events=recent))
 
 
 # Every new instance is a copy of this one with its own fields (cheaper than __init__).
@@ -252,7 +260,7 @@ def _advance(
     if event.message_id is not None and event.type in STATUS_OF_TYPE:
         progress = advance(message_status, event.type)
         if not progress.forward:
-            return _ignored(f"stale status: {progress.reason}", instance)
+            return _seen(f"stale status: {progress.reason}", instance, event)
     run = _Run(cj, event, now, contact)
     state = cj.states[instance.state]
     current = instance
@@ -286,7 +294,7 @@ def _advance(
         return run.fail(instance, exc, f"in state {instance.state} on {event.type}")
     if current is not instance:
         return run.decision("goal", f"goal {event.type} reached", current)
-    return _ignored(f"state {instance.state} has no transition on {event.type}", instance)
+    return _seen(f"state {instance.state} has no transition on {event.type}", instance, event)
 
 
 def _fire_timer(
@@ -294,14 +302,14 @@ def _fire_timer(
 ) -> Decision:
     data = event.data
     if data.get("instance_id") != instance.id or data.get("seq") != instance.seq:
-        return _ignored("stale timer: the instance has left the state that set it", instance)
+        return _seen("stale timer: the instance has left the state that set it", instance, event)
     state = cj.states.get(instance.state)
     index = data.get("index")
     if state is None or data.get("state") != instance.state or not isinstance(index, int):
-        return _ignored("stale timer: unknown state or index", instance)
+        return _seen("stale timer: unknown state or index", instance, event)
     timers = [t for t in state.timers if t.index == index]
     if not timers:
-        return _ignored("stale timer: the state has no such timer", instance)
+        return _seen("stale timer: the state has no such timer", instance, event)
     timer = timers[0]
     run = _Run(cj, event, now, contact)
     try:

@@ -33,7 +33,7 @@ from engine.compiled import CompiledJourney
 from engine.db.database import Database
 from engine.db.schema import contacts, events, instances, jobs, messages, steps, timers
 from engine.decision import Decision
-from engine.events import STATUS_OF_TYPE, Event
+from engine.events import ABOUT_A_MESSAGE, STATUS_OF_TYPE, Event
 from engine.instance import NO_HISTORY, Contact, History, Instance
 from engine.interpreter import decide, subject_of
 from engine.messages import advance
@@ -309,12 +309,13 @@ class Engine:
     def _targets(self, batch: Batch, event: Event, contact: Contact | None,
                  message: _Message | None) -> list[tuple[CompiledJourney, Instance | None, History]]:
         owner = event.data.get("instance_id") if event.type in (TIMER_FIRED, "action.failed") else None
-        if owner is None and message is not None and message.instance_id is not None:
+        if owner is None and message is not None and message.instance_id is not None \
+                and event.type in ABOUT_A_MESSAGE:
             owner = message.instance_id
         if owner is not None:
             instance = batch.instances.get(str(owner))
-            if instance is None:
-                return []
+            if instance is None or (event.type in ABOUT_A_MESSAGE and not instance.active):
+                return []  # news of an ended instance's message is kept in the log only
             cj = self.registry.get(instance.journey, instance.version)
             return [] if cj is None else [(cj, instance, NO_HISTORY)]
         out: list[tuple[CompiledJourney, Instance | None, History]] = []
@@ -420,22 +421,25 @@ class Engine:
         return (postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table))
 
     async def _flush(self, conn: AsyncConnection, batch: Batch, now: datetime) -> None:
-        if batch.new_instances:
-            await conn.execute(instances.insert(),
-                               [instance_values(batch.instances[i], now) for i in sorted(batch.new_instances)])
+        # Updates first: an instance that ended in this batch must leave the "one active per
+        # subject" index before the one that replaces it is inserted.
         changed = batch.changed_instances - batch.new_instances
         if changed:
             values = [{"b_id": i, **{k: v for k, v in instance_values(batch.instances[i], now).items() if k != "id"}}
                       for i in sorted(changed)]
             cols: dict[str, Any] = {k: bindparam(k) for k in values[0] if k != "b_id"}
             await conn.execute(update(instances).where(instances.c.id == bindparam("b_id")).values(cols), values)
+        if batch.new_instances:
+            await conn.execute(instances.insert(),
+                               [instance_values(batch.instances[i], now) for i in sorted(batch.new_instances)])
         if batch.steps:
             await conn.execute(steps.insert(), batch.steps)
+        # Inserts first: a timer set and cancelled within this batch must end cancelled.
+        if batch.timers:
+            await conn.execute(self._insert(conn, timers).on_conflict_do_nothing(index_elements=["id"]), batch.timers)
         if batch.cancelled:
             await conn.execute(update(timers).where(timers.c.id.in_(batch.cancelled), timers.c.status == "pending")
                                .values(status="cancelled"))
-        if batch.timers:
-            await conn.execute(self._insert(conn, timers).on_conflict_do_nothing(index_elements=["id"]), batch.timers)
         if batch.jobs:
             await conn.execute(self._insert(conn, jobs).on_conflict_do_nothing(index_elements=["id"]), batch.jobs)
         for message_id, status in batch.message_status.items():
@@ -450,10 +454,31 @@ class Engine:
                 batch.done,
             )
 
+    async def _fence(self, conn: AsyncConnection, rows: Sequence[Any], now: datetime) -> list[Any]:
+        """Renew our claims inside the writing transaction, and keep only what we still hold.
+
+        The rows stay locked to our commit, so a successor whose claim comes after waits and
+        then finds them done; if a successor took some already (we stalled past the lease),
+        their whole partition is left to it, and nothing of it is applied twice or out of order.
+        """
+        held = await conn.execute(
+            update(events)
+            .where(events.c.seq.in_([r.seq for r in rows]), events.c.claimed_by == self.worker_id,
+                   events.c.status == "pending")
+            .values(lease_until=now + self.settings.lease)
+            .returning(events.c.seq)
+        )
+        kept = {r.seq for r in held}
+        lost = {r.partition_key for r in rows if r.seq not in kept}
+        if lost:
+            log.warning("lost the claim of %d partitions to another engine; leaving them to it", len(lost))
+        return [r for r in rows if r.partition_key not in lost]
+
     async def _process(self, rows: Sequence[Any], now: datetime) -> tuple[int, int]:
         """Decide and write *rows* in one transaction; returns (processed, deferred)."""
         deferred: list[Any] = []
         async with self.db.write.begin() as conn:
+            rows = await self._fence(conn, rows, now)
             evs = [event_from_row(r) for r in rows]
             batch = await self._load(conn, evs)
             waiting: set[str] = set()
@@ -495,14 +520,26 @@ class Engine:
             # The batch could not be written as a whole: find the event that breaks it.
             log.exception("batch of %d failed; retrying one event at a time", len(rows))
             processed = 0
+            waiting: set[str] = set()
             for row in rows:
+                if row.partition_key in waiting:
+                    await self._release([row])  # an earlier event of it waits: keep arrival order
+                    continue
                 try:
-                    done, _ = await self._process([row], now)
+                    done, held_back = await self._process([row], now)
                     processed += done
+                    if held_back:
+                        waiting.add(row.partition_key)
                 except Exception as exc:
                     await self._quarantine(row, exc, now)
                     processed += 1
         return processed
+
+    async def _release(self, rows: Sequence[Any]) -> None:
+        async with self.db.write.begin() as conn:
+            await conn.execute(update(events).where(events.c.seq.in_([r.seq for r in rows]),
+                                                    events.c.claimed_by == self.worker_id)
+                               .values(claimed_by=None, lease_until=None))
 
     async def _quarantine(self, row: Any, exc: BaseException, now: datetime) -> None:
         async with self.db.write.begin() as conn:

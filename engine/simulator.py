@@ -21,7 +21,7 @@ from actions.registry import SEND_CHANNELS
 from actions.templates import TemplateStore
 from engine.compiled import CompiledJourney
 from engine.decision import Decision, ScheduledAction, TimerSet
-from engine.events import Event
+from engine.events import ABOUT_A_MESSAGE, Event
 from engine.instance import Contact, History, Instance
 from engine.interpreter import decide, subject_of
 from engine.messages import advance
@@ -207,11 +207,11 @@ class World:
         if isinstance(owner, str):
             found = self.instances.get(owner)
             return [found] if found is not None and found.journey == cj.id else []
-        if event.message_id is not None:
+        if event.message_id is not None and event.type in ABOUT_A_MESSAGE:
+            # news about a message belongs to the instance that sent it, and to no other
             msg = next(m for m in self.messages if m.id == event.message_id)
             found = self.instances.get(msg.instance_id)
-            if found is not None and found.journey == cj.id:
-                return [found]
+            return [found] if found is not None and found.journey == cj.id and found.active else []
         try:
             subject = subject_of(cj, event, self.contact)
         except ExpressionError:

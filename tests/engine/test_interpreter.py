@@ -167,7 +167,10 @@ class TestReentry:
     def test_one_active_instance_per_subject(self) -> None:
         cj = journey(self.CJ.replace("REENTRY", "always"))
         first, again = run(cj, ev("a.b"), ev("a.b"))
-        assert again.outcome == "ignored" and again.instance == first.instance
+        assert again.outcome == "ignored" and again.instance is not None and first.instance is not None
+        # the same instance, in the same state; it only remembers that it saw the event
+        assert again.instance.evolve(recent_events=()) == first.instance.evolve(recent_events=())
+        assert again.actions == () and again.timers_set == ()
 
 
 class TestSubject:
@@ -332,7 +335,8 @@ class TestMessagesAndDuplicates:
         first = decide(cj, start.instance, event, T0, ANA)
         assert first.outcome == "transitioned"
         again = decide(cj, first.instance, event, T0, ANA)
-        assert again.outcome == "ignored" and again.actions == () and again.instance == first.instance
+        assert again.outcome == "duplicate" and again.actions == () and again.instance == first.instance
+        assert not again.changed
 
 
 def test_version_mismatch_is_ignored() -> None:
