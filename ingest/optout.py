@@ -26,8 +26,10 @@ OPT_OUT_TYPES = ("contact.opted_out", "contact.complained")
 
 
 def with_keywords(items: Iterable[Incoming], policies: Policies) -> list[Incoming]:
+    given = list(items)
+    ids = {i.provider_event_id for i in given}
     out: list[Incoming] = []
-    for item in items:
+    for item in given:
         out.append(item)
         if item.type != "message.received" or item.text is None:
             continue
@@ -38,8 +40,9 @@ def with_keywords(items: Iterable[Incoming], policies: Policies) -> list[Incomin
             continue
         derived = replace(item, type=kind, provider_event_id=f"{item.provider_event_id}:opt", text=None,
                           inbound=False, data=MappingProxyType({"keyword": word, "via": "keyword"}))
-        # a provider's own opt-out flag makes the same event: the id dedupes them
-        if not any(o.provider_event_id == derived.provider_event_id for o in out):
+        # a provider's own opt-out flag makes the same event: keep one
+        if derived.provider_event_id not in ids:
+            ids.add(derived.provider_event_id)
             out.append(derived)
     return out
 

@@ -39,13 +39,15 @@ TAXONOMY: dict[str, dict[str, Meaning]] = {
         "received": RECEIVED,
     },
     "sendgrid": {
-        "processed": SENT, "delivered": DELIVERED, "deferred": DEFERRED, "bounce": FAILED, "blocked": FAILED,
+        "processed": SENT, "delivered": DELIVERED, "deferred": DEFERRED, "bounce": FAILED,
+        "blocked": FAILED_TEMPORARY,
         "dropped": FAILED, "open": OPENED, "click": CLICKED, "spamreport": COMPLAINED,
         "unsubscribe": OPTED_OUT, "group_unsubscribe": OPTED_OUT, "group_resubscribe": OPTED_IN,
     },
     "mailgun": {
         "accepted": SENT, "delivered": DELIVERED, "failed:permanent": FAILED,
-        "failed:temporary": FAILED_TEMPORARY, "rejected": FAILED, "opened": OPENED, "clicked": CLICKED,
+        # Mailgun retries a temporary failure itself: the message is deferred, not failed
+        "failed:temporary": DEFERRED, "rejected": FAILED, "opened": OPENED, "clicked": CLICKED,
         "unsubscribed": OPTED_OUT, "complained": COMPLAINED, "stored": PROGRESS, "list_member_uploaded": PROGRESS,
     },
     "telnyx": {
@@ -58,8 +60,8 @@ TAXONOMY: dict[str, dict[str, Meaning]] = {
         "warning": PROGRESS,
     },
     "vonage": {
-        "submitted": SENT, "delivered": DELIVERED, "read": READ, "rejected": FAILED, "undeliverable": FAILED,
-        "failed": FAILED, "expired": FAILED,
+        "submitted": SENT, "delivered": DELIVERED, "read": READ, "rejected": FAILED_TEMPORARY,
+        "undeliverable": FAILED_TEMPORARY, "failed": FAILED, "expired": FAILED,
     },
 }
 

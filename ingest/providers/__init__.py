@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from ingest.providers import events, twilio
+from ingest.providers import events, mailgun, sendgrid, telnyx, twilio, vonage, whatsapp
 from ingest.providers.base import Provider
 
 PROVIDERS: dict[str, Provider] = {
     "events": events.PROVIDER,
     "twilio": twilio.PROVIDER,
+    "sendgrid": sendgrid.PROVIDER,
+    "mailgun": mailgun.PROVIDER,
+    "telnyx": telnyx.PROVIDER,
+    "whatsapp": whatsapp.PROVIDER,
+    "vonage": vonage.PROVIDER,
 }
 
 

@@ -73,17 +73,20 @@ class MailgunProvider:
         status = _object(data.get("delivery-status"))
         if status:
             details["delivery_status"] = {k: status[k] for k in ("code", "message", "description") if k in status}
-        if found.type == "message.failed":
-            details["permanent"] = found.permanent
+        if found.type in ("message.failed", "message.deferred"):
+            details["permanent"] = bool(found.permanent)
             details.setdefault("reason", status.get("description") or status.get("message") or word)
         recipient = data.get("recipient")
+        # The event's own id, not the request's token: a webhook Mailgun retries keeps its event id.
+        raw_id = data.get("id")
+        event_id = raw_id if isinstance(raw_id, str) and raw_id else str(sig.get("token"))
         return [Incoming(
-            type=found.type, provider_event_id=str(sig.get("token")), channel="email",
+            type=found.type, provider_event_id=event_id, channel="email",
             contact=ContactRef(email=recipient) if isinstance(recipient, str) and recipient else None,
             occurred_at=parse_time(data.get("timestamp"), "event-data.timestamp"),
             provider_message_id=str(headers.get("message-id")) if headers.get("message-id") else None,
             message_id=variables.get(MESSAGE_ID_VAR) if isinstance(variables.get(MESSAGE_ID_VAR), str) else None,
-            status=word, data=MappingProxyType({**details, "event_id": data.get("id")}),
+            status=word, data=MappingProxyType(details),
         )]
 
     def reply(self, request: RawRequest, items: list[Incoming]) -> Reply:

@@ -94,15 +94,14 @@ class SendGridProvider:
                     "bounce_classification"):
             if key in item:
                 data[key] = item[key]
-        if found.type == "message.failed":
-            data["permanent"] = found.permanent
+        if found.type in ("message.failed", "message.deferred"):
+            data["permanent"] = bool(found.permanent)
             data.setdefault("reason", item.get("response") or word)
         return Incoming(
             type=found.type, provider_event_id=event_id, channel="email",
             contact=ContactRef(email=address) if isinstance(address, str) and address else None,
             occurred_at=parse_time(item.get("timestamp"), f"event {n}: timestamp"),
-            # the send API's X-Message-Id is the part before the first dot
-            provider_message_id=sg_id.split(".", 1)[0] if isinstance(sg_id, str) and sg_id else None,
+            provider_message_id=sg_id if isinstance(sg_id, str) and sg_id else None,
             message_id=item.get(MESSAGE_ID_ARG) if isinstance(item.get(MESSAGE_ID_ARG), str) else None,
             status=str(item.get("event")), data=MappingProxyType(data),
         )

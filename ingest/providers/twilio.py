@@ -24,23 +24,45 @@ from ingest.status import meaning
 from journeys.config import SourceConfig
 
 TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
-MESSAGE_ID_PARAM = "m"  # our message id in the StatusCallback URL
+MESSAGE_ID_PARAM = "message_id"  # our message id in the StatusCallback URL
+# Error codes after which the same message may still get through later (unreachable handset,
+# carrier congestion, queue overflow): not a reason to stop trying this contact.
+TEMPORARY_ERRORS = {"30001", "30003", "30008", "30009", "30017"}
 
 
-def signature(token: str, url: str, params: list[tuple[str, str]]) -> str:
-    payload = url + "".join(k + v for k, v in sorted(params, key=lambda kv: kv[0]))
-    return base64.b64encode(hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
+def signature(token: str, url: str, params: list[tuple[str, str]], algorithm: str = "HMAC_SHA1") -> str:
+    # Twilio sorts by name; a repeated name's values are sorted and counted once.
+    values: dict[str, set[str]] = {}
+    for key, value in params:
+        values.setdefault(key, set()).add(value)
+    payload = url + "".join(key + value for key in sorted(values) for value in sorted(values[key]))
+    digest = hashlib.sha256 if algorithm == "HMAC_SHA256" else hashlib.sha1
+    return base64.b64encode(hmac.new(token.encode(), payload.encode(), digest).digest()).decode()
+
+
+def _algorithm(request: RawRequest) -> str:
+    """HMAC_SHA1, or what a Webhooks Rule names in X-Twilio-Webhooks-Signature-Settings."""
+    settings = request.header("x-twilio-webhooks-signature-settings") or ""
+    for part in settings.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "algorithm" and value.upper() in ("HMAC_SHA1", "HMAC_SHA256"):
+            return value.upper()
+    return "HMAC_SHA1"
 
 
 def _url_variants(url: str) -> list[str]:
     """The URL with and without the default port: Twilio signs whichever it was given."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    userinfo = parts.netloc.rpartition("@")[0]
+    host = (f"{userinfo}@" if userinfo else "") + (parts.hostname or "")
     default = 443 if parts.scheme == "https" else 80
     bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
     with_port = urlunsplit((parts.scheme, f"{host}:{parts.port or default}", parts.path, parts.query,
                             parts.fragment))
-    return list(dict.fromkeys([url, bare, with_port]))
+    forms = [url, bare, with_port]
+    # Twilio percent-encodes an apostrophe before signing; people configure it raw
+    forms += [f.replace("'", "%27") for f in forms]
+    return list(dict.fromkeys(forms))
 
 
 def _called_url(request: RawRequest, source: SourceConfig) -> str:
@@ -63,7 +85,9 @@ class TwilioProvider:
             params: list[tuple[str, str]] = []
         else:
             params = parse_qsl(request.text(), keep_blank_values=True)
-        expected = [signature(token, variant, params) for token in source.secrets for variant in _url_variants(url)]
+        algorithm = _algorithm(request)
+        expected = [signature(token, variant, params, algorithm) for token in source.secrets
+                    for variant in _url_variants(url)]
         if not any_equal([given], expected):
             raise SignatureError("X-Twilio-Signature does not match (check public_url and the auth token)")
 
@@ -71,8 +95,10 @@ class TwilioProvider:
         kind = request.require_media_type(*self.content_types)
         if kind == "application/json":
             body = request.json()
+            if isinstance(body, list):
+                return self._cloud_events(body, source)
             if not isinstance(body, dict):
-                raise MalformedError("a Twilio JSON body is an object")
+                raise MalformedError("a Twilio JSON body is an object or a list of CloudEvents")
             form = {str(k): str(v) for k, v in body.items() if v is not None}
         else:
             form = request.form()
@@ -107,11 +133,35 @@ class TwilioProvider:
             return []
         data: dict[str, object] = {"status": word}
         if found.type == "message.failed":
-            data.update(reason=form.get("ErrorMessage") or f"Twilio error {form.get('ErrorCode', 'unknown')}",
-                        error_code=form.get("ErrorCode"), permanent=found.permanent)
+            code = form.get("ErrorCode") or word
+            data.update(reason=code, error_message=form.get("ErrorMessage"),
+                        permanent=bool(found.permanent) and code not in TEMPORARY_ERRORS)
         return [Incoming(type=found.type, provider_event_id=f"{sid}:{word}", channel=channel,
                          contact=ContactRef(phone=recipient.removeprefix("whatsapp:") or None),
                          provider_message_id=sid, message_id=ours, status=word, data=MappingProxyType(data))]
+
+    def _cloud_events(self, events: list[object], source: SourceConfig) -> list[Incoming]:
+        """Event Streams deliveries (CloudEvents): message status events; others are acknowledged only."""
+        if len(events) > source.max_batch:
+            raise MalformedError(f"{len(events)} events in one request; the limit is {source.max_batch}")
+        out = []
+        for event in events:
+            if not isinstance(event, dict):
+                raise MalformedError("an Event Streams body is a list of objects")
+            kind = str(event.get("type", ""))
+            data = event.get("data") if isinstance(event.get("data"), dict) else {}
+            if not kind.startswith("com.twilio.messaging.message.") or not isinstance(data, dict):
+                continue
+            word = kind.rsplit(".", 1)[-1].lower()
+            found = meaning(self.name, word)
+            sid = data.get("messageSid") or data.get("MessageSid")
+            if found is None or found.type is None or not isinstance(sid, str):
+                continue
+            phone = str(data.get("to") or "").removeprefix("whatsapp:") or None
+            out.append(Incoming(type=found.type, provider_event_id=f"{sid}:{word}", channel="sms",
+                                contact=ContactRef(phone=phone), provider_message_id=sid, status=word,
+                                data=MappingProxyType({"status": word})))
+        return out
 
     def reply(self, request: RawRequest, items: list[Incoming]) -> Reply:
         # An empty TwiML answer: no auto-reply from Twilio on our behalf.

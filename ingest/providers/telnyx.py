@@ -1,0 +1,95 @@
+"""Telnyx messaging webhooks: message.sent, message.finalized, message.received.
+
+Signature: Ed25519 over ``timestamp|raw body``; headers ``telnyx-signature-ed25519``
+(base64) and ``telnyx-timestamp``; the public key is base64 of the raw 32-byte key.
+The event's own ``data.id`` is the dedupe key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from types import MappingProxyType
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ingest.errors import MalformedError, SignatureError
+from ingest.incoming import ContactRef, Incoming
+from ingest.providers.base import Reply, check_timestamp, parse_time, require
+from ingest.request import RawRequest
+from ingest.status import meaning
+from journeys.config import SourceConfig
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+class TelnyxProvider:
+    name: str = "telnyx"
+    content_types: tuple[str, ...] = ("application/json",)
+
+    def verify(self, request: RawRequest, source: SourceConfig) -> None:
+        given = require(request.header("telnyx-signature-ed25519"), "telnyx-signature-ed25519 header")
+        stamp = require(request.header("telnyx-timestamp"), "telnyx-timestamp header")
+        check_timestamp(stamp, request.received_at, source.tolerance_ms)
+        try:
+            signature = base64.b64decode(given, validate=True)
+        except (ValueError, binascii.Error) as exc:
+            raise SignatureError("the Telnyx signature is not base64") from exc
+        message = stamp.encode() + b"|" + request.body
+        for text in source.public_keys:
+            try:
+                key = Ed25519PublicKey.from_public_bytes(base64.b64decode(text))
+                key.verify(signature, message)
+                return
+            except (InvalidSignature, ValueError, binascii.Error):
+                continue
+        raise SignatureError("the Telnyx signature does not match any configured public_key")
+
+    def normalize(self, request: RawRequest, source: SourceConfig) -> list[Incoming]:
+        request.require_media_type(*self.content_types)
+        data = _object(_object(request.json()).get("data"))
+        event_id, kind = data.get("id"), data.get("event_type")
+        payload = _object(data.get("payload"))
+        if not isinstance(event_id, str) or not isinstance(kind, str) or not payload:
+            raise MalformedError("not a Telnyx event: data.id, data.event_type and data.payload are required")
+        message_id = payload.get("id") if isinstance(payload.get("id"), str) else None
+        occurred = parse_time(data.get("occurred_at"), "data.occurred_at")
+        channel = "whatsapp" if str(payload.get("type", "")).lower() == "whatsapp" else "sms"
+        if kind == "message.received":
+            phone = _object(payload.get("from")).get("phone_number")
+            return [Incoming(type="message.received", provider_event_id=event_id, channel=channel,
+                             contact=ContactRef(phone=phone) if phone else None, occurred_at=occurred,
+                             provider_message_id=message_id, text=str(payload.get("text") or ""), inbound=True,
+                             data=MappingProxyType({"to": [t.get("phone_number") for t in payload.get("to", [])
+                                                           if isinstance(t, dict)]}))]
+        if kind not in ("message.sent", "message.finalized"):
+            return []  # other Telnyx events (calls, numbers) are not ours to store
+        recipients = [t for t in payload.get("to", []) if isinstance(t, dict)]
+        first = recipients[0] if recipients else {}
+        word = str(first.get("status", ""))
+        found = meaning(self.name, word)
+        if found is None:
+            raise MalformedError(f"unknown Telnyx status {word!r}")
+        if found.type is None:
+            return []
+        details: dict[str, Any] = {"status": word}
+        if found.type == "message.failed":
+            errors = [e for e in payload.get("errors", []) if isinstance(e, dict)]
+            error = errors[0] if errors else {}
+            title = str(error.get("title", ""))
+            details.update(reason=str(error.get("code") or word), title=title,
+                           permanent="temporar" not in title.lower())
+        phone = first.get("phone_number")
+        return [Incoming(type=found.type, provider_event_id=event_id, channel=channel,
+                         contact=ContactRef(phone=phone) if phone else None, occurred_at=occurred,
+                         provider_message_id=message_id, status=word, data=MappingProxyType(details))]
+
+    def reply(self, request: RawRequest, items: list[Incoming]) -> Reply:
+        return Reply(200)
+
+
+PROVIDER = TelnyxProvider()
