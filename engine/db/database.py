@@ -58,6 +58,7 @@ class Database:
     url: URL
     write: AsyncEngine
     read: AsyncEngine
+    schema: str | None = None  # PostgreSQL: the schema every table lives in (tests, shared databases)
 
     @property
     def dialect(self) -> str:
@@ -101,6 +102,6 @@ def connect(url: str, *, schema: str | None = None, pool_size: int = 5) -> Datab
             connect_args["server_settings"] = {"search_path": schema}
         engine = create_async_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
                                      connect_args=connect_args)
-        return Database(parsed, engine, engine)
+        return Database(parsed, engine, engine, schema)
     raise ConfigError(f"unsupported database {backend!r}: use sqlite+aiosqlite:///FILE or "
                       "postgresql+asyncpg://USER@HOST/DB")
