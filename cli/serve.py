@@ -12,7 +12,7 @@ from pathlib import Path
 from engine import timers
 from engine.db import migrate
 from engine.db.database import Database, connect, database_url
-from engine.runtime import Engine
+from engine.runtime import Engine, EngineSettings
 from engine.versions import load_registry, register
 from journeys.deployment import Deployment, DevEnvironment, load_deployment
 from journeys.errors import ConfigError, UsageError
@@ -47,7 +47,8 @@ async def prepare(folder: Path, deployment: Deployment) -> tuple[Database, Engin
         await db.dispose()
         raise
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    return db, Engine(db, registry, worker)
+    settings = EngineSettings(keep_bodies=deployment.config.policies.store_message_bodies)
+    return db, Engine(db, registry, worker, settings)
 
 
 def serve(path: str, host: str, port: int, dev: bool = False) -> int:
@@ -76,7 +77,8 @@ def serve(path: str, host: str, port: int, dev: bool = False) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # readiness checks ask it every few seconds
     print(f"journeys: serving {folder} on http://{host}:{port} with {len(deployment.journeys)} journeys, "
           f"database {db.url.render_as_string(hide_password=True)}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=20)
+    # no access log: a line per webhook costs more than storing it; errors are still logged
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=20)
     return 0
 
 

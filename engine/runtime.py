@@ -68,6 +68,8 @@ class EngineSettings:
     # how long a status event waits for the message it is about to be recorded
     message_wait: timedelta = timedelta(seconds=30)
     idle_sleep: float = 0.05
+    # policies.store_message_bodies: keep the text of replies after the journeys have seen it
+    keep_bodies: bool = False
 
 
 def event_from_row(row: Any) -> Event:
@@ -446,13 +448,14 @@ class Engine:
             await conn.execute(update(messages).where(messages.c.id == message_id)
                                .values(status=status, updated_at=now))
         if batch.done:
-            await conn.execute(
-                update(events).where(events.c.seq == bindparam("b_seq")).values(
-                    status=bindparam("status"), outcome=bindparam("outcome"), error=bindparam("error"),
-                    processed_at=bindparam("processed_at"), message_id=bindparam("message_id"),
-                    claimed_by=None, lease_until=None),
-                batch.done,
-            )
+            done: dict[str, Any] = {
+                "status": bindparam("status"), "outcome": bindparam("outcome"), "error": bindparam("error"),
+                "processed_at": bindparam("processed_at"), "message_id": bindparam("message_id"),
+                "claimed_by": None, "lease_until": None,
+            }
+            if not self.settings.keep_bodies:
+                done["text"] = None  # the journeys have seen it; the log keeps only what they need
+            await conn.execute(update(events).where(events.c.seq == bindparam("b_seq")).values(done), batch.done)
 
     async def _fence(self, conn: AsyncConnection, rows: Sequence[Any], now: datetime) -> list[Any]:
         """Renew our claims inside the writing transaction, and keep only what we still hold.

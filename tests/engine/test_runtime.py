@@ -233,3 +233,19 @@ async def test_clean_shutdown_releases_claims(db: Database) -> None:
     await engine.claim(T0)
     assert await engine.release() == 1
     assert await drain(engine_for(db, registry, "w2")) == 1
+
+
+async def test_reply_text_is_kept_only_when_configured(db: Database) -> None:
+    guarded = "note.added:\n        - when: \"'x' in event.text\"\n          to: waiting"
+    chatty = journey(REMINDER.replace("note.added: waiting", guarded))
+    registry = await deploy(db, chatty)
+    await put(db, ev("invoice.overdue", data={"invoice_id": "1"}), ev("note.added", id="n1", text="x marks"))
+    await drain(engine_for(db, registry))
+    [note] = await rows(db, select(events.c.text, events.c.status).where(events.c.id == "n1"))
+    assert note == (None, "done")  # the guard saw the text; the log did not keep it
+    [inst] = await rows(db, select(instances.c.seq))
+    assert inst.seq == 2  # the guard held: the text was there when the journey ran
+    await put(db, ev("note.added", id="n2", text="x again"))
+    await drain(engine_for(db, registry, keep_bodies=True))
+    [kept] = await rows(db, select(events.c.text).where(events.c.id == "n2"))
+    assert kept.text == "x again"
