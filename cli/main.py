@@ -81,6 +81,13 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    from cli.loadtest import run
+
+    return run(args.url, args.provider, args.secret, args.public_url, args.duration, args.concurrency, args.rate,
+               args.contacts, args.requests)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="journeys",
@@ -170,6 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", metavar="TIME", help="... and at or before TIME; timers fire up to it")
     p.add_argument("--scratch", metavar="FILE", help="keep the scratch database in FILE")
     p.set_defaults(handler=_replay)
+
+    p = sub.add_parser("loadtest", help="send signed webhooks at a rate; report throughput and latency",
+                       description="Post new, correctly signed events to URL (an /ingest/SOURCE endpoint of a "
+                       "server you run) from many connections, and print accepted requests per second and the "
+                       "latency percentiles. Exit 1 when nothing was accepted.")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("--provider", choices=["events", "twilio"], default="events")
+    p.add_argument("--secret", help="the source's secret (whsec_... for events, the auth token for twilio)")
+    p.add_argument("--public-url", help="twilio: the URL Twilio signs (the source's public_url); default URL")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument("--concurrency", type=int, default=64, help="connections (default 64)")
+    p.add_argument("--rate", type=float, default=0.0, help="requests per second in total; 0: as fast as possible")
+    p.add_argument("--contacts", type=int, default=1000, help="distinct contacts the events name")
+    p.add_argument("--requests", type=int, default=0, help="stop after this many requests (0: no limit)")
+    p.set_defaults(handler=_loadtest)
     return parser
 
 

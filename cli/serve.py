@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,7 +48,9 @@ async def prepare(folder: Path, deployment: Deployment) -> tuple[Database, Engin
         await db.dispose()
         raise
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    settings = EngineSettings(keep_bodies=deployment.config.policies.store_message_bodies)
+    # SQLite has one writer: shorter engine transactions let webhook commits in between.
+    batch = 100 if db.is_sqlite else 500
+    settings = EngineSettings(batch_size=batch, keep_bodies=deployment.config.policies.store_message_bodies)
     return db, Engine(db, registry, worker, settings)
 
 
@@ -73,6 +76,9 @@ def serve(path: str, host: str, port: int, dev: bool = False) -> int:
                     state={"deployment": deployment, "registry": engine.registry,
                            "ingest": Ingest(deployment.config, committer)},
                     route_handlers=ROUTES)
+    # The database driver runs in a thread; with the default 5 ms switch interval it waits
+    # that long for the interpreter lock whenever request handling keeps the loop busy.
+    sys.setswitchinterval(0.0005)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # readiness checks ask it every few seconds
     print(f"journeys: serving {folder} on http://{host}:{port} with {len(deployment.journeys)} journeys, "

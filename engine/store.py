@@ -47,7 +47,7 @@ def row_of(event: Event, received_at: datetime | None = None) -> dict[str, Any]:
         "message_id": event.message_id,
         "provider_message_id": event.provider_message_id,
         "occurred_at": event.occurred_at,
-        "received_at": received_at or event.received_at or event.occurred_at,
+        "received_at": event.received_at or received_at or event.occurred_at,
         "status_text": event.status,
         "text": event.text,
         "data": dict(event.data),

@@ -99,21 +99,21 @@ class Committer:
     async def _write(self, jobs: list[_Job], now: datetime) -> list[Outcome]:
         async with self.db.write.begin() as conn:
             refs = [item.contact for job in jobs for item in job.items]
-            ids = await contacts.resolve(conn, refs, now)
-            outcomes = []
-            position = 0
+            ids = iter(await contacts.resolve(conn, refs, now))
+            per_job: list[list[Event]] = []
             for job in jobs:
-                events = []
-                for item in job.items:
-                    contact_id = ids[position]
-                    phone = item.contact.phone if item.contact else None
-                    events.append(to_event(item, job.source, job.provider, contact_id, phone, job.received_at))
-                    position += 1
-                stored = await store_events(conn, events, job.received_at)
-                fresh = set(stored.inserted)
-                await optout.apply(conn, [e for e in events if e.id in fresh], self.policies, now)
-                outcomes.append(Outcome(len(stored.inserted), len(stored.duplicates)))
-        return outcomes
+                per_job.append([
+                    to_event(item, job.source, job.provider, next(ids),
+                             item.contact.phone if item.contact else None, job.received_at)
+                    for item in job.items
+                ])
+            # One statement for the whole group: the point of group commit.
+            everything = [e for batch in per_job for e in batch]
+            stored = await store_events(conn, everything, now)
+            fresh = set(stored.inserted)
+            await optout.apply(conn, [e for e in everything if e.id in fresh], self.policies, now)
+        return [Outcome(sum(e.id in fresh for e in batch), sum(e.id not in fresh for e in batch))
+                for batch in per_job]
 
 
 def cleaned(items: list[Incoming]) -> list[Incoming]:

@@ -83,25 +83,37 @@ async def resolve(conn: AsyncConnection, refs: Sequence[ContactRef | None], now:
                 by_email[row.email] = row.id
 
     await load()
-    created = False
+    # Every contact this group needs that does not exist yet, inserted at once.
+    new_rows: dict[str, dict[str, Any]] = {}
     for ref in wanted:
-        if ref.id and ref.id not in known:
-            await conn.execute(_insert(conn).on_conflict_do_nothing(), [{
-                "id": ref.id,
-                "phone": ref.phone if ref.phone not in by_phone else None,
-                "email": ref.email if ref.email not in by_email else None,
-                "timezone": ref.timezone, "locale": ref.locale, "attributes": dict(ref.attributes or {}),
-                "created_at": now, "updated_at": now}])
-            created = True
-        elif not ref.id and not (ref.phone in by_phone or ref.email in by_email):
-            await conn.execute(_insert(conn).on_conflict_do_nothing(), [{
-                "id": f"ct-{uuid.uuid4().hex[:20]}", "phone": ref.phone, "email": ref.email,
-                "timezone": ref.timezone, "locale": ref.locale, "attributes": {},
-                "created_at": now, "updated_at": now}])
-            created = True
-        if created:
-            await load()
-            created = False
+        if ref.id:
+            if ref.id not in known and ref.id not in new_rows:
+                new_rows[ref.id] = {
+                    "id": ref.id,
+                    "phone": ref.phone if ref.phone not in by_phone else None,
+                    "email": ref.email if ref.email not in by_email else None,
+                    "timezone": ref.timezone, "locale": ref.locale, "attributes": dict(ref.attributes or {}),
+                    "created_at": now, "updated_at": now}
+        elif not (ref.phone in by_phone or ref.email in by_email):
+            handle = ref.phone or ref.email or ""
+            if handle and handle not in {r.get("phone") or r.get("email") for r in new_rows.values()}:
+                new_id = f"ct-{uuid.uuid4().hex[:20]}"
+                new_rows[new_id] = {"id": new_id, "phone": ref.phone, "email": ref.email, "timezone": ref.timezone,
+                                    "locale": ref.locale, "attributes": {}, "created_at": now, "updated_at": now}
+    if new_rows:
+        # Two rows of this group may claim one phone; and another process may have inserted
+        # the same contact meanwhile: a conflict is skipped, and the reload says who won.
+        taken_phones: set[str] = set()
+        taken_emails: set[str] = set()
+        for row in new_rows.values():
+            if row["phone"] in taken_phones:
+                row["phone"] = None
+            if row["email"] in taken_emails:
+                row["email"] = None
+            taken_phones.add(row["phone"])
+            taken_emails.add(row["email"])
+        await conn.execute(_insert(conn).on_conflict_do_nothing(), list(new_rows.values()))
+        await load()
     out: list[str | None] = []
     for given in refs:
         if given is None:

@@ -243,7 +243,7 @@ def transitions_trigger(spec: Spec, event_type: str, source: str, decision: Deci
     """The trigger that makes the Machine do what journeys decided."""
     instance = decision.instance
     assert instance is not None
-    if decision.changed:
+    if decision.outcome not in ("ignored", "duplicate", "not_started"):
         dest = instance.state if instance.status != "exited" else EXITED
         return spec.by_move[(event_type, source, dest)]
     # Ignored by journeys (no guard held, duplicate): a trigger the Machine ignores in *source*.
