@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actions.base import Action
 
 ENTRY_POINT_GROUP = "journeys.actions"
 
@@ -46,3 +50,28 @@ def known_action_names() -> list[str]:
 
 def is_known(name: str) -> bool:
     return name in BUILTIN_ACTIONS or name in plugin_entry_points()
+
+
+@cache
+def _builtins() -> dict[str, Action]:
+    # Imported here: validating journeys must not pay for HTTP clients and channel code.
+    from actions.builtins import STATE_ACTIONS
+    from actions.http import HTTP_ACTION
+    from actions.send import SEND_ACTIONS
+
+    table: dict[str, Action] = {a.name: a for a in [*SEND_ACTIONS, HTTP_ACTION, *STATE_ACTIONS]}
+    return table
+
+
+def implementation(name: str) -> Action:
+    """The action to run for *name*: a built-in, or the plugin's object (loaded on first use)."""
+    found = _builtins().get(name)
+    if found is not None:
+        return found
+    entry = plugin_entry_points().get(name)
+    if entry is None:
+        known = ", ".join(known_action_names())
+        raise KeyError(f"no action {name!r}; known: {known}")
+    plugin = entry.load()
+    obj: Action = plugin() if isinstance(plugin, type) else plugin
+    return obj

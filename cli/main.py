@@ -88,6 +88,18 @@ def _loadtest(args: argparse.Namespace) -> int:
                args.contacts, args.requests)
 
 
+def _dead_letters(args: argparse.Namespace) -> int:
+    from cli.deadletters import run
+
+    return run(args.command_name, args.dir, args.job, args.json)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from cli.worker import run
+
+    return run(args.dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="journeys",
@@ -192,6 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contacts", type=int, default=1000, help="distinct contacts the events name")
     p.add_argument("--requests", type=int, default=0, help="stop after this many requests (0: no limit)")
     p.set_defaults(handler=_loadtest)
+
+    p = sub.add_parser("dead-letters", help="list, retry or discard jobs that failed for good",
+                       description="Jobs that ran out of attempts or failed permanently. `retry JOB` gives one a "
+                       "new set of attempts now; `discard JOB` drops it. JOB is the job's id (its idempotency "
+                       "key, as the admin API and the timeline show it).")
+    p.add_argument("command_name", choices=["list", "retry", "discard"], metavar="list|retry|discard")
+    p.add_argument("job", nargs="?", metavar="JOB")
+    p.add_argument("--dir", default=".", help="the deployment folder (for its database; default .)")
+    p.add_argument("--json", action="store_true", help="list as JSON")
+    p.set_defaults(handler=_dead_letters)
+
+    p = sub.add_parser("worker", help="run action workers from Redis (arq); needs JOURNEYS_REDIS_URL",
+                       description="Run arq workers that carry out the jobs of the deployment in DIR: sends, "
+                       "calls, suppressions. `journeys serve` relays due jobs to Redis when "
+                       "JOURNEYS_REDIS_URL is set; the database stays the truth.")
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    p.set_defaults(handler=_worker)
     return parser
 
 

@@ -57,6 +57,8 @@ async def prepare(folder: Path, deployment: Deployment) -> tuple[Database, Engin
 def serve(path: str, host: str, port: int, dev: bool = False) -> int:
     import uvicorn
 
+    from actions.executor import Executor
+    from actions.templates import TemplateStore
     from ingest.app import build_app
     from ingest.committer import Committer
     from ingest.routes import ROUTES, Ingest
@@ -71,7 +73,8 @@ def serve(path: str, host: str, port: int, dev: bool = False) -> int:
     # The pool was made on the set-up loop; uvicorn runs its own.
     asyncio.run(db.dispose())
     committer = Committer(db, deployment.config.policies)
-    app = build_app(db, loops=[engine.run, lambda stop: timers.run(db, stop), committer.run],
+    executor = Executor(db, deployment.config, TemplateStore(folder / "templates"), engine.worker_id)
+    app = build_app(db, loops=[engine.run, lambda stop: timers.run(db, stop), committer.run, executor.run],
                     admin_token=os.environ.get("JOURNEYS_ADMIN_TOKEN") or None,
                     state={"deployment": deployment, "registry": engine.registry,
                            "ingest": Ingest(deployment.config, committer)},

@@ -11,7 +11,7 @@ import hmac
 from datetime import datetime
 from typing import Any
 
-from litestar import Controller, Request, get
+from litestar import Controller, Request, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.handlers.base import BaseRouteHandler
@@ -141,6 +141,31 @@ class AdminController(Controller):
                            "provider_message_id": r.provider_message_id, "status": r.status, "body": r.body,
                            "to": r.to, "instance_id": r.instance_id, "contact_id": r.contact_id,
                            "created_at": _iso(r.created_at)} for r in rows]}
+
+    @get("/dead-letters")
+    async def list_dead_letters(self, request: Request[Any, Any, Any], limit: FromQuery[int] = 100) -> dict[str, Any]:
+        async with db_of(request).read.connect() as conn:
+            rows = (await conn.execute(select(jobs).where(jobs.c.status == "dead")
+                                       .order_by(jobs.c.updated_at.desc()).limit(_limit(limit)))).all()
+        return {"items": [{"id": r.id, "action": r.action, "instance_id": r.instance_id, "journey": r.journey,
+                           "attempts": r.attempts, "last_error": r.last_error, "inputs": r.inputs,
+                           "updated_at": _iso(r.updated_at)} for r in rows]}
+
+    @post("/dead-letters/{job_id:str}/retry", status_code=200)
+    async def retry_dead_letter(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> dict[str, Any]:
+        from actions.executor import retry_dead
+
+        if not await retry_dead(db_of(request), job_id):
+            raise NotFoundException(f"no dead letter {job_id}")
+        return {"id": job_id, "status": "pending"}
+
+    @post("/dead-letters/{job_id:str}/discard", status_code=200)
+    async def discard_dead_letter(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> dict[str, Any]:
+        from actions.executor import discard_dead
+
+        if not await discard_dead(db_of(request), job_id):
+            raise NotFoundException(f"no dead letter {job_id}")
+        return {"id": job_id, "status": "discarded"}
 
     @get("/contacts/{contact_id:str}")
     async def get_contact(self, request: Request[Any, Any, Any], contact_id: FromPath[str]) -> dict[str, Any]:

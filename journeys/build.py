@@ -36,7 +36,8 @@ def content_hash(data: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _policy(name: str, data: dict[str, Any]) -> RetryPolicy:
+def policy_from_data(name: str, data: dict[str, Any]) -> RetryPolicy:
+    """A retry policy from its fields as written (journeys) or stored (jobs)."""
     return RetryPolicy(
         name=name,
         max_attempts=int(data.get("max_attempts", DEFAULT_RETRY.max_attempts)),
@@ -52,7 +53,7 @@ def _policy(name: str, data: dict[str, Any]) -> RetryPolicy:
 class _Builder:
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
-        self.policies = {name: _policy(name, p) for name, p in data.get("retry", {}).items()}
+        self.policies = {name: policy_from_data(name, p) for name, p in data.get("retry", {}).items()}
         self.default = self.policies.get("default", DEFAULT_RETRY)
 
     def action(self, data: dict[str, Any]) -> ActionCall:
@@ -61,7 +62,7 @@ class _Builder:
             policy = self.policies.get(retry, DEFAULT_RETRY if retry == "default" else self.default)
             name: str | None = retry
         elif isinstance(retry, dict):
-            policy, name = _policy("inline", retry), None
+            policy, name = policy_from_data("inline", retry), None
         else:
             policy, name = self.default, None
         return ActionCall(
