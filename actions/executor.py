@@ -59,7 +59,9 @@ class ExecutorSettings:
     batch_size: int = 50
     concurrency: int = 20
     idle_sleep: float = 0.05
-    lease_margin: timedelta = timedelta(seconds=30)  # beyond the job's own timeout
+    # how long a claimed job stays ours: beyond any attempt's timeout; a dead executor's jobs
+    # come back after it (and arq re-runs a dead worker's job after its job timeout + 10 s)
+    lease: timedelta = timedelta(seconds=150)
 
 
 @dataclass
@@ -104,7 +106,7 @@ class Executor:
             result = await conn.execute(
                 update(jobs).where(jobs.c.id.in_(chosen), due | stale)
                 .values(status="running", claimed_by=self.worker_id, updated_at=now,
-                        lease_until=now + timedelta(minutes=10))
+                        lease_until=now + self.settings.lease)
                 .returning(*jobs.c)
             )
             return list(result.all())

@@ -7,8 +7,10 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from engine import timers
 from engine.db import migrate
@@ -73,8 +75,17 @@ def serve(path: str, host: str, port: int, dev: bool = False) -> int:
     # The pool was made on the set-up loop; uvicorn runs its own.
     asyncio.run(db.dispose())
     committer = Committer(db, deployment.config.policies)
-    executor = Executor(db, deployment.config, TemplateStore(folder / "templates"), engine.worker_id)
-    app = build_app(db, loops=[engine.run, lambda stop: timers.run(db, stop), committer.run, executor.run],
+    redis_url = os.environ.get("JOURNEYS_REDIS_URL")
+    if redis_url:
+        # arq workers (`journeys worker`) run the jobs; this process only relays the due ones
+        from actions.queue import relay
+
+        def run_jobs(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+            return relay(db, redis_url, stop)
+    else:
+        executor = Executor(db, deployment.config, TemplateStore(folder / "templates"), engine.worker_id)
+        run_jobs = executor.run
+    app = build_app(db, loops=[engine.run, lambda stop: timers.run(db, stop), committer.run, run_jobs],
                     admin_token=os.environ.get("JOURNEYS_ADMIN_TOKEN") or None,
                     state={"deployment": deployment, "registry": engine.registry,
                            "ingest": Ingest(deployment.config, committer)},

@@ -1,0 +1,111 @@
+"""arq, kept behind this one module: the relay that enqueues due jobs, and the workers.
+
+The database is the truth; Redis only carries work. The relay (in ``journeys serve`` when
+``JOURNEYS_REDIS_URL`` is set) enqueues every due job that is pending, or running with a
+lease that ran out, with arq's ``_job_id`` = job id + attempt, so a job is queued at most
+once per attempt however often the relay passes. Workers claim the job in the database
+before running it (the same lease and fence as the embedded executor), so a job Redis
+lost is simply enqueued again, and one arq runs twice is claimed once.
+
+Pitfalls handled here: arq's default serializer is pickle (we use JSON); its default
+poll delay (0.5 s) and ``max_jobs`` (10) are slow; ``_job_id`` is refused while a result
+exists (we keep no results); deferred jobs live only in Redis (we never defer in Redis:
+the relay enqueues jobs when they are due).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.worker import Worker, func
+from sqlalchemy import select
+
+from actions.executor import Executor
+from engine.db.database import Database
+from engine.db.schema import jobs
+
+log = logging.getLogger("journeys.queue")
+
+QUEUES = {"transactional": "journeys:transactional", "marketing": "journeys:marketing"}
+FUNCTION = "journeys_run_job"
+JOB_TIMEOUT = 120  # seconds: beyond any action timeout; arq re-runs a dead worker's job after this + 10 s
+
+
+def _dumps(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, default=str).encode()
+
+
+def _loads(raw: bytes) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(raw)
+    return loaded
+
+
+def settings(url: str) -> RedisSettings:
+    return RedisSettings.from_dsn(url)
+
+
+async def pool(url: str) -> ArqRedis:
+    return await create_pool(settings(url), job_serializer=_dumps, job_deserializer=_loads)
+
+
+async def relay_once(db: Database, redis: ArqRedis, now: datetime, limit: int = 500) -> int:
+    """Enqueue due jobs; returns how many were newly queued."""
+    due = (jobs.c.status == "pending") & (jobs.c.next_attempt_at <= now)
+    stale = (jobs.c.status == "running") & (jobs.c.lease_until < now)
+    async with db.read.connect() as conn:
+        rows = (await conn.execute(select(jobs.c.id, jobs.c.attempts, jobs.c.priority).where(due | stale)
+                                   .order_by(jobs.c.next_attempt_at).limit(limit))).all()
+    queued = 0
+    for row in rows:
+        queue = QUEUES.get(row.priority, QUEUES["transactional"])
+        job = await redis.enqueue_job(FUNCTION, row.id, _job_id=f"{row.id}:{row.attempts}", _queue_name=queue)
+        queued += job is not None
+    return queued
+
+
+async def relay(db: Database, url: str, stop: asyncio.Event, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                interval: float = 0.05) -> None:
+    redis = await pool(url)
+    try:
+        while not stop.is_set():
+            try:
+                queued = await relay_once(db, redis, clock())
+            except Exception:
+                log.exception("relay failed; retrying")
+                queued = 0
+                await asyncio.sleep(1)
+            if not queued:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+    finally:
+        await redis.aclose()
+
+
+async def run_job(ctx: dict[str, Any], job_id: str) -> str:
+    """The arq function: claim the job in the database, run it there, write its outcome."""
+    executor: Executor = ctx["executor"]
+    claimed = await executor.claim(executor.clock(), ids=[job_id])
+    if not claimed:
+        return "not due or taken by another executor"
+    return await executor.run_job(claimed[0])
+
+
+def workers(executor: Executor, url: str, *, burst: bool = False, max_jobs: int = 50,
+            poll_delay: float = 0.05) -> list[Worker]:
+    """One arq worker per priority queue: marketing bursts never wait in front of transactional sends."""
+    return [
+        Worker(
+            functions=[func(run_job, name=FUNCTION, timeout=JOB_TIMEOUT, max_tries=1000)],
+            queue_name=queue, redis_settings=settings(url), burst=burst, handle_signals=False,
+            max_jobs=max_jobs, poll_delay=poll_delay, keep_result=0, job_timeout=JOB_TIMEOUT,
+            job_serializer=_dumps, job_deserializer=_loads, ctx={"executor": executor}, log_results=False,
+        )
+        for queue in QUEUES.values()
+    ]

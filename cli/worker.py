@@ -1,0 +1,53 @@
+"""``journeys worker DIR``: arq workers carrying out the deployment's jobs from Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from journeys.errors import ConfigError, UsageError
+
+
+def run(path: str) -> int:
+    from actions.executor import Executor
+    from actions.queue import workers
+    from actions.templates import TemplateStore
+    from engine.db import migrate
+    from engine.db.database import connect, database_url
+    from journeys.deployment import load_deployment
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UsageError(f"{path}: not a deployment folder")
+    url = os.environ.get("JOURNEYS_REDIS_URL")
+    if not url:
+        raise ConfigError("journeys worker needs JOURNEYS_REDIS_URL (redis://host:6379/0)")
+    deployment = load_deployment(str(folder))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        db = connect(database_url(folder))
+        await migrate.ensure_current(db, f"journeys db upgrade {folder}")
+        executor = Executor(db, deployment.config, TemplateStore(folder / "templates"),
+                            f"worker:{socket.gethostname()}:{os.getpid()}")
+        running = workers(executor, url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(w.async_run()) for w in running]
+        print(f"journeys: {len(running)} arq workers on {url} for {folder}", flush=True)
+        await stop.wait()
+        for w in running:
+            await w.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await db.dispose()
+
+    asyncio.run(main())
+    return 0
