@@ -65,3 +65,25 @@ def test_plugins_come_from_the_entry_point_group(tmp_path: Any, monkeypatch: Any
     finally:
         monkeypatch.undo()
         registry.plugin_entry_points.cache_clear()
+
+
+def test_the_example_plugin_loads_as_an_action(tmp_path: Any, monkeypatch: Any) -> None:
+    from actions import registry
+    from tests.conftest import EXAMPLES
+
+    plugin_dir = EXAMPLES / "plugins" / "journeys-zendesk"
+    dist = tmp_path / "journeys_zendesk-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: journeys-zendesk\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[journeys.actions]\nzendesk_ticket = journeys_zendesk:ZendeskTicket\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    registry.plugin_entry_points.cache_clear()
+    try:
+        action = registry.implementation("zendesk_ticket")
+        assert action.name == "zendesk_ticket"
+        assert type(action).__name__ == "ZendeskTicket"
+        assert is_known("zendesk_ticket")
+    finally:
+        monkeypatch.undo()
+        registry.plugin_entry_points.cache_clear()
