@@ -8,7 +8,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from actions.base import ActionContext, ActionError, Outcome
+from actions.base import Action, ActionContext, ActionError, Outcome
 
 CHANNELS = ("sms", "email", "whatsapp", "push", "voice")
 
@@ -58,4 +58,4 @@ class Emit:
         return Outcome(detail=f"emitted {kind}", emit=((kind, MappingProxyType(dict(data))),))
 
 
-STATE_ACTIONS = [Suppress(), Unsuppress(), SetContact(), Emit()]
+STATE_ACTIONS: list[Action] = [Suppress(), Unsuppress(), SetContact(), Emit()]

@@ -59,8 +59,8 @@ def _builtins() -> dict[str, Action]:
     from actions.http import HTTP_ACTION
     from actions.send import SEND_ACTIONS
 
-    table: dict[str, Action] = {a.name: a for a in [*SEND_ACTIONS, HTTP_ACTION, *STATE_ACTIONS]}
-    return table
+    members: list[Action] = [*SEND_ACTIONS, HTTP_ACTION, *STATE_ACTIONS]
+    return {a.name: a for a in members}
 
 
 def implementation(name: str) -> Action:

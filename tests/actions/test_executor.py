@@ -118,16 +118,18 @@ async def test_marketing_sends_wait_for_the_end_of_quiet_hours(db: Database, tmp
 
 async def test_a_permanent_failure_is_a_dead_letter_and_an_action_failed_event(db: Database, tmp_path: Path
                                                                             ) -> None:
-    await started(db, STATEFUL.replace('with: {attributes: {welcomed: true}}', 'with: {attributes: {}}'))
+    # a recipient that cannot be a phone number: permanent, no retry
+    await started(db, STATEFUL.replace('with: {body: "Welcome {{ contact.id }}"}',
+                                       'with: {body: "Welcome", to: "not a number"}'))
     await executor(db, tmp_path).run_once()
     [dead] = await dead_letters(db)
-    assert (dead.action, dead.attempts) == ("set_contact", 1)
-    assert "attributes" in dead.last_error
+    assert (dead.action, dead.attempts) == ("send_sms", 1)
+    assert "not a number" in dead.last_error
     [failed] = await rows(db, select(events).where(events.c.type == "action.failed"))
     assert failed.data["key"] == dead.id and failed.contact_id == "c-1"
     # retried: a new set of attempts; discarded: gone from the list
-    assert await retry_dead(db, dead.id)
-    assert not await retry_dead(db, dead.id)
+    assert await retry_dead(db, dead.id, now=T0)
+    assert not await retry_dead(db, dead.id, now=T0)
     await executor(db, tmp_path).run_once()
     [again] = await dead_letters(db)
     assert await discard_dead(db, again.id)
