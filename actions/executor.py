@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actions import registry
 from actions.base import ActionContext, ActionError, Outcome
+from actions.gate import GATES
 from actions.policy import cap_until, quiet_until
 from actions.retry import backoff, is_transient
 from actions.templates import TemplateStore
@@ -175,8 +176,18 @@ class Executor:
             templates=self.templates, http=self._client(), now=now, timeout=policy.timeout_ms / 1000,
             message_id=message_id_for(job.id),
         )
-        if channel is not None:
+        if channel is None:
+            return await self._run(job, policy, now, action, ctx)
+        contact_id = contact.id if contact else None
+        async with GATES.sending(contact_id), self._share_lock(contact_id) as conn:
+            # Checked again under the gate: an opt-out that committed meanwhile wins.
+            if contact_id is not None and await _suppressed(conn, contact_id, channel):
+                return _Verdict("skipped", f"blocked: {channel} is suppressed for this contact",
+                                attempt_counted=False)
             await self._record_message(job, ctx, channel, contact, now)
+            return await self._run(job, policy, now, action, ctx)
+
+    async def _run(self, job: Any, policy: RetryPolicy, now: datetime, action: Any, ctx: ActionContext) -> _Verdict:
         try:
             outcome = await asyncio.wait_for(action.run(ctx), timeout=ctx.timeout)
         except TimeoutError:
@@ -184,6 +195,20 @@ class Executor:
         except ActionError as exc:
             return self._failure(job, policy, now, exc)
         return _Verdict("done", outcome.detail, outcome=outcome)
+
+    @contextlib.asynccontextmanager
+    async def _share_lock(self, contact_id: str | None) -> AsyncIterator[AsyncConnection]:
+        """A connection for the check; on PostgreSQL it also holds the contact row FOR SHARE until
+        the send is over, so an opt-out in another process waits for it (and the next send for that)."""
+        engine = self.db.write if self.db.dialect == "postgresql" else self.db.read
+        async with engine.connect() as conn:
+            if self.db.dialect == "postgresql" and contact_id is not None:
+                async with conn.begin():
+                    await conn.execute(select(contacts.c.id).where(contacts.c.id == contact_id)
+                                       .with_for_update(read=True))
+                    yield conn
+            else:
+                yield conn
 
     def _failure(self, job: Any, policy: RetryPolicy, now: datetime, error: ActionError) -> _Verdict:
         attempt = job.attempts + 1
@@ -295,6 +320,12 @@ class Executor:
 def _order(job_id: str) -> tuple[str, int, int]:
     instance, entry, index = job_id.rsplit(":", 2)
     return instance, int(entry), int(index)
+
+
+async def _suppressed(conn: AsyncConnection, contact_id: str, channel: str) -> bool:
+    row = (await conn.execute(select(suppressions.c.channel).where(
+        suppressions.c.contact_id == contact_id, suppressions.c.channel == channel))).first()
+    return row is not None
 
 
 async def _contact(conn: AsyncConnection, contact_id: str | None) -> Contact | None:

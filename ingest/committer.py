@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from actions.gate import GATES
 from engine.db.database import Database
 from engine.events import Event
 from engine.store import new_event_id, store_events
@@ -84,7 +85,10 @@ class Committer:
     async def _commit(self, jobs: list[_Job]) -> None:
         now = datetime.now(UTC)
         try:
-            outcomes = await self._write(jobs, now)
+            # Sends in flight to a contact that opts out here finish first; later ones wait for
+            # this commit and then see the suppression (actions/gate.py).
+            async with GATES.opting_out(await self._opting_out(jobs)):
+                outcomes = await self._write(jobs, now)
         except Exception as exc:
             log.exception("storing %d requests failed", len(jobs))
             error = StorageUnavailableError(f"storage unavailable: {type(exc).__name__}", retry_after=5)
@@ -95,6 +99,14 @@ class Committer:
         for job, outcome in zip(jobs, outcomes, strict=True):
             if not job.future.done():
                 job.future.set_result(outcome)
+
+    async def _opting_out(self, jobs: list[_Job]) -> list[str]:
+        refs = [i.contact for job in jobs for i in job.items
+                if i.type in optout.OPT_OUT_TYPES and i.contact is not None]
+        if not refs:
+            return []
+        async with self.db.read.connect() as conn:
+            return await contacts.existing(conn, refs)
 
     async def _write(self, jobs: list[_Job], now: datetime) -> list[Outcome]:
         async with self.db.write.begin() as conn:

@@ -55,6 +55,18 @@ def _insert(conn: AsyncConnection) -> Any:
     return postgresql.insert(contacts) if conn.dialect.name == "postgresql" else sqlite.insert(contacts)
 
 
+async def existing(conn: AsyncConnection, refs: Sequence[ContactRef]) -> list[str]:
+    """Ids of the contacts *refs* name that exist already (read only)."""
+    ids = {r.id for r in refs if r.id}
+    phones = {r.phone for r in refs if r.phone}
+    emails = {r.email for r in refs if r.email}
+    conds = [c for c, vals in ((contacts.c.id.in_(ids), ids), (contacts.c.phone.in_(phones), phones),
+                               (contacts.c.email.in_(emails), emails)) if vals]
+    if not conds:
+        return []
+    return [r.id for r in await conn.execute(select(contacts.c.id).where(or_(*conds)))]
+
+
 async def resolve(conn: AsyncConnection, refs: Sequence[ContactRef | None], now: datetime) -> list[str | None]:
     """The contact id of each reference, creating or updating contacts as the references say."""
     wanted = [r for r in refs if r is not None]

@@ -13,11 +13,11 @@ from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine.db.schema import suppressions
+from engine.db.schema import contacts, suppressions
 from engine.events import Event
 from ingest.incoming import Incoming
 from journeys.config import Policies
@@ -50,6 +50,10 @@ def with_keywords(items: Iterable[Incoming], policies: Policies) -> list[Incomin
 async def apply(conn: AsyncConnection, stored: Sequence[Event], policies: Policies, now: datetime) -> None:
     """Update the suppression list for the opt-outs and opt-ins among newly stored events, in order."""
     insert = postgresql.insert(suppressions) if conn.dialect.name == "postgresql" else sqlite.insert(suppressions)
+    opting_out = sorted({e.contact_id for e in stored if e.contact_id and e.type in OPT_OUT_TYPES})
+    if opting_out and conn.dialect.name == "postgresql":
+        # Wait for sends in flight in other processes (they hold the row FOR SHARE).
+        await conn.execute(select(contacts.c.id).where(contacts.c.id.in_(opting_out)).with_for_update())
     for event in stored:
         if not event.contact_id:
             continue
