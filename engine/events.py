@@ -23,6 +23,18 @@ STATUS_OF_TYPE: Mapping[str, str] = MappingProxyType({
     "message.failed": "failed",
 })
 
+def cached_view(obj: Any) -> Mapping[str, Any]:
+    """``obj.scope()`` as a read-only mapping, built once per (immutable) object.
+
+    Cached by hand in the instance dict: functools.cached_property takes a lock on every
+    read before Python 3.12, and these are read on every decision.
+    """
+    cached: Mapping[str, Any] | None = obj.__dict__.get("_view")
+    if cached is None:
+        cached = obj.__dict__["_view"] = MappingProxyType(obj.scope())
+    return cached
+
+
 # Types that are news about one message we sent (a reply is not: it belongs to the conversation).
 ABOUT_A_MESSAGE: frozenset[str] = frozenset({*STATUS_OF_TYPE, "message.opened", "message.clicked"})
 
@@ -49,11 +61,7 @@ class Event:
     @property
     def view(self) -> Mapping[str, Any]:
         """:meth:`scope`, built once per event (events are immutable)."""
-        # Cached by hand: functools.cached_property takes a lock on every read before 3.12.
-        cached: Mapping[str, Any] | None = self.__dict__.get("_view")
-        if cached is None:
-            cached = self.__dict__["_view"] = MappingProxyType(self.scope())
-        return cached
+        return cached_view(self)
 
     def scope(self) -> dict[str, Any]:
         """What expressions see as ``event``."""

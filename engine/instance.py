@@ -8,6 +8,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal
 
+from engine.events import cached_view
+
 Status = Literal["active", "completed", "exited", "failed"]
 ENDED: frozenset[str] = frozenset({"completed", "exited", "failed"})
 RECENT_EVENTS = 32
@@ -72,10 +74,7 @@ class Contact:
     @property
     def view(self) -> Mapping[str, Any]:
         """:meth:`scope`, built once (contacts are immutable)."""
-        cached: Mapping[str, Any] | None = self.__dict__.get("_view")
-        if cached is None:
-            cached = self.__dict__["_view"] = MappingProxyType(self.scope())
-        return cached
+        return cached_view(self)
 
     def scope(self) -> dict[str, Any]:
         """What expressions see as ``contact``."""

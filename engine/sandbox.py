@@ -143,10 +143,16 @@ def html_environment() -> JourneySandbox:
     return env
 
 
-def _run(fn: Callable[[], Any]) -> Any:
-    token = _work.set([MAX_WORK])
+def _run(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call *fn* under a work budget, turning every way an evaluation can fail into ExpressionError."""
+    budget = _work.get()
+    token = None
+    if budget is None:
+        token = _work.set([MAX_WORK])
+    else:
+        budget[0] = MAX_WORK  # inside open_budget(): refill in place, cheaper than a new context
     try:
-        return fn()
+        return fn(*args)
     except ExpressionError:
         raise
     except TemplateError as exc:
@@ -154,7 +160,8 @@ def _run(fn: Callable[[], Any]) -> Any:
     except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError, RecursionError) as exc:
         raise ExpressionError(f"{type(exc).__name__}: {exc}") from exc
     finally:
-        _work.reset(token)
+        if token is not None:
+            _work.reset(token)
 
 
 @dataclass(frozen=True)
@@ -195,27 +202,12 @@ class Template:
         return str(_run(lambda: _render(self._template, scope)))
 
 
+def _evaluate(fn: Callable[[Mapping[str, Any]], Any], scope: Mapping[str, Any]) -> Any:
+    return _defined(fn(scope))
+
+
 def _run_fast(fn: Callable[[Mapping[str, Any]], Any], scope: Mapping[str, Any]) -> Any:
-    budget = _work.get()
-    token = None
-    if budget is None:
-        token = _work.set([MAX_WORK])
-    else:
-        budget[0] = MAX_WORK  # inside work_budget(): refill in place, cheaper than a new context
-    try:
-        value = fn(scope)
-        if isinstance(value, Undefined):
-            value._fail_with_undefined_error()
-        return value
-    except ExpressionError:
-        raise
-    except TemplateError as exc:
-        raise ExpressionError(exc.message or type(exc).__name__) from exc
-    except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError, RecursionError) as exc:
-        raise ExpressionError(f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        if token is not None:
-            _work.reset(token)
+    return _run(_evaluate, fn, scope)
 
 
 def open_budget() -> contextvars.Token[list[int] | None]:
