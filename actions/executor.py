@@ -146,17 +146,19 @@ class Executor:
         return verdict.status
 
     async def _attempt(self, job: Any, policy: RetryPolicy, now: datetime) -> _Verdict:
+        channel = registry.SEND_CHANNELS.get(job.action)
         async with self.db.read.connect() as conn:
             inst = (await conn.execute(select(instances).where(instances.c.id == job.instance_id))).first()
             contact = await _contact(conn, inst.contact_id if inst else None)
-            suppressed = set() if contact is None else {r.channel for r in await conn.execute(
+            # Only sends need the suppression list, only marketing sends the recent messages.
+            suppressed = set() if contact is None or channel is None else {r.channel for r in await conn.execute(
                 select(suppressions.c.channel).where(suppressions.c.contact_id == contact.id))}
-            sent_at = [] if contact is None else [aware(r.created_at) for r in await conn.execute(
-                select(messages.c.created_at).join(jobs, jobs.c.id == messages.c.job_id)
-                .where(messages.c.contact_id == contact.id, jobs.c.priority == "marketing"))]
+            sent_at = [] if contact is None or channel is None or job.priority != "marketing" else [
+                aware(r.created_at) for r in await conn.execute(
+                    select(messages.c.created_at).join(jobs, jobs.c.id == messages.c.job_id)
+                    .where(messages.c.contact_id == contact.id, jobs.c.priority == "marketing"))]
         if inst is not None and inst.status == "exited":
             return _Verdict("skipped", "skipped: the instance exited before the action ran", attempt_counted=False)
-        channel = registry.SEND_CHANNELS.get(job.action)
         if channel is not None:
             if channel in suppressed:
                 return _Verdict("skipped", f"blocked: {channel} is suppressed for this contact",

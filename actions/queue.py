@@ -20,12 +20,12 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker, func
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from actions.executor import Executor
 from engine.db.database import Database
@@ -55,13 +55,30 @@ async def pool(url: str) -> ArqRedis:
     return await create_pool(settings(url), job_serializer=_dumps, job_deserializer=_loads)
 
 
-async def relay_once(db: Database, redis: ArqRedis, now: datetime, limit: int = 500) -> int:
-    """Enqueue due jobs; returns how many were newly queued."""
-    due = (jobs.c.status == "pending") & (jobs.c.next_attempt_at <= now)
+RELAY = "relay"  # claimed_by of a job handed to Redis and not yet claimed by a worker
+HOLD = timedelta(seconds=30)  # after this, a queued job nobody claimed is queued again (Redis lost it)
+
+
+async def relay_once(db: Database, redis: ArqRedis, now: datetime, limit: int = 500, hold: timedelta = HOLD) -> int:
+    """Enqueue due jobs, transactional first; returns how many were newly queued.
+
+    A job handed over is marked (claimed_by "relay" until now + *hold*), so the next passes
+    look past it instead of offering Redis the same backlog again; if no worker claims it in
+    time (Redis lost it), it is due again and enqueued again. A job whose worker died (its
+    lease ran out) is put back to pending the same way.
+    """
+    waiting = (jobs.c.claimed_by.is_(None)) | (jobs.c.lease_until < now)
+    due = (jobs.c.status == "pending") & (jobs.c.next_attempt_at <= now) & waiting
     stale = (jobs.c.status == "running") & (jobs.c.lease_until < now)
     async with db.read.connect() as conn:
         rows = (await conn.execute(select(jobs.c.id, jobs.c.attempts, jobs.c.priority).where(due | stale)
-                                   .order_by(jobs.c.next_attempt_at).limit(limit))).all()
+                                   .order_by(jobs.c.priority == "marketing", jobs.c.next_attempt_at)
+                                   .limit(limit))).all()
+    if not rows:
+        return 0
+    async with db.write.begin() as conn:
+        await conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows]), due | stale).values(
+            status="pending", claimed_by=RELAY, lease_until=now + hold, updated_at=now))
     queued = 0
     for row in rows:
         queue = QUEUES.get(row.priority, QUEUES["transactional"])

@@ -94,6 +94,9 @@ def serve(path: str, host: str, port: int, dev: bool = False) -> int:
     # that long for the interpreter lock whenever request handling keeps the loop busy.
     sys.setswitchinterval(0.0005)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # one line per outbound call (with its full URL, which may carry a secret) is too much
+    for noisy in ("httpx", "httpcore", "arq.worker", "arq.jobs"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # readiness checks ask it every few seconds
     print(f"journeys: serving {folder} on http://{host}:{port} with {len(deployment.journeys)} journeys, "
           f"database {db.url.render_as_string(hide_password=True)}", flush=True)

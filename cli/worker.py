@@ -28,6 +28,9 @@ def run(path: str) -> int:
         raise ConfigError("journeys worker needs JOURNEYS_REDIS_URL (redis://host:6379/0)")
     deployment = load_deployment(str(folder))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # one line per outbound call (with its full URL, which may carry a secret) is too much
+    for noisy in ("httpx", "httpcore", "arq.worker", "arq.jobs"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     async def main() -> None:
         db = connect(database_url(folder))
