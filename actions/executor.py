@@ -101,7 +101,7 @@ class Executor:
                 self.settings.batch_size)
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            chosen = [r.id for r in await conn.execute(query)]
+            chosen = await _in_order([r.id for r in await conn.execute(query)], conn)
             if not chosen:
                 return []
             result = await conn.execute(
@@ -186,7 +186,8 @@ class Executor:
             if contact_id is not None and await _suppressed(conn, contact_id, channel):
                 return _Verdict("skipped", f"blocked: {channel} is suppressed for this contact",
                                 attempt_counted=False)
-            await self._record_message(job, ctx, channel, contact, now)
+            await self._record_message(job, ctx, channel, contact, now,
+                                       conn if self.db.dialect == "postgresql" else None)
             return await self._run(job, policy, now, action, ctx)
 
     async def _run(self, job: Any, policy: RetryPolicy, now: datetime, action: Any, ctx: ActionContext) -> _Verdict:
@@ -227,16 +228,23 @@ class Executor:
         return self.http
 
     async def _record_message(self, job: Any, ctx: ActionContext, channel: str, contact: Contact | None,
-                              now: datetime) -> None:
-        """The message row exists before the provider is called, so its callbacks find it."""
+                              now: datetime, held: AsyncConnection | None = None) -> None:
+        """The message row, written before the provider is called, so its callbacks find it.
+
+        On PostgreSQL it goes through the connection that holds the contact's row lock (one
+        connection per send, however many run); it is visible when the send is over, and a
+        delivery receipt faster than that waits for it (the engine's bounded message wait).
+        """
         settings = self.config.channels.get(channel)
-        provider = settings.provider if settings else "console"
+        row = {"id": ctx.message_id, "channel": channel, "provider": settings.provider if settings else "console",
+               "status": "queued", "instance_id": job.instance_id, "contact_id": contact.id if contact else None,
+               "job_id": job.id, "created_at": now, "updated_at": now}
+        if held is not None:
+            await held.execute(postgresql.insert(messages).on_conflict_do_nothing(), [row])
+            return
         async with self.db.write.begin() as conn:
             insert = postgresql.insert(messages) if conn.dialect.name == "postgresql" else sqlite.insert(messages)
-            await conn.execute(insert.on_conflict_do_nothing(), [{
-                "id": ctx.message_id, "channel": channel, "provider": provider, "status": "queued",
-                "instance_id": job.instance_id, "contact_id": contact.id if contact else None, "job_id": job.id,
-                "created_at": now, "updated_at": now}])
+            await conn.execute(insert.on_conflict_do_nothing(), [row])
 
     # -- writing -----------------------------------------------------------------
 
@@ -317,6 +325,26 @@ class Executor:
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.idle_sleep)
         if self.http is not None:
             await self.http.aclose()
+
+
+async def _in_order(candidates: list[str], conn: AsyncConnection) -> list[str]:
+    """The candidates whose earlier siblings (jobs one instance wrote before them) are finished
+    or claimed with them: an instance's jobs run in the order the journey wrote them, through
+    any executor, even while an earlier one waits for a retry."""
+    if not candidates:
+        return []
+    instance_ids = {_order(c)[0] for c in candidates}
+    unfinished = [r.id for r in await conn.execute(
+        select(jobs.c.id).where(jobs.c.instance_id.in_(instance_ids), jobs.c.status.in_(["pending", "running"])))]
+    chosen = set(candidates)
+    blocked: set[str] = set()
+    for job_id in sorted(unfinished, key=_order):
+        instance = _order(job_id)[0]
+        if instance in blocked:
+            chosen.discard(job_id)
+        elif job_id not in chosen:
+            blocked.add(instance)  # an earlier job of it is not ours to run now
+    return [c for c in candidates if c in chosen]
 
 
 def _order(job_id: str) -> tuple[str, int, int]:

@@ -105,13 +105,44 @@ async def relay(db: Database, url: str, stop: asyncio.Event, clock: Callable[[],
         await redis.aclose()
 
 
+WAIT_FOR_SIBLINGS = 5.0  # seconds a worker waits for an earlier job of the same instance to finish
+
+
 async def run_job(ctx: dict[str, Any], job_id: str) -> str:
-    """The arq function: claim the job in the database, run it there, write its outcome."""
+    """The arq function: claim the job in the database, run it there, write its outcome.
+
+    The jobs of one instance must run in the order the journey wrote them; they reach
+    workers at the same time, so a later one waits here (briefly) for the earlier one.
+    """
     executor: Executor = ctx["executor"]
-    claimed = await executor.claim(executor.clock(), ids=[job_id])
-    if not claimed:
-        return "not due or taken by another executor"
-    return await executor.run_job(claimed[0])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_FOR_SIBLINGS
+    while True:
+        claimed = await executor.claim(executor.clock(), ids=[job_id])
+        if claimed:
+            return await executor.run_job(claimed[0])
+        if loop.time() >= deadline or not await _waits_for_sibling(executor.db, job_id):
+            break
+        await asyncio.sleep(0.05)
+    # Not now (not due, taken, or behind a sibling waiting for a retry): back to the relay at once.
+    async with executor.db.write.begin() as conn:
+        await conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.claimed_by == RELAY,
+                                              jobs.c.status == "pending")
+                           .values(claimed_by=None, lease_until=None))
+    return "not now: handed back to the relay"
+
+
+async def _waits_for_sibling(db: Database, job_id: str) -> bool:
+    """Whether *job_id* is pending and an earlier job of its instance is running or due now."""
+    instance = job_id.rsplit(":", 2)[0]
+    async with db.read.connect() as conn:
+        rows = (await conn.execute(select(jobs.c.id, jobs.c.status).where(
+            jobs.c.instance_id == instance, jobs.c.status.in_(["pending", "running"])))).all()
+    mine = next((r for r in rows if r.id == job_id), None)
+    if mine is None or mine.status != "pending":
+        return False
+    order = [int(x) for x in job_id.rsplit(":", 2)[1:]]
+    return any([int(x) for x in r.id.rsplit(":", 2)[1:]] < order for r in rows if r.id != job_id)
 
 
 def workers(executor: Executor, url: str, *, burst: bool = False, max_jobs: int = 50,

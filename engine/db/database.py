@@ -74,7 +74,7 @@ class Database:
             await self.read.dispose()
 
 
-def connect(url: str, *, schema: str | None = None, pool_size: int = 5) -> Database:
+def connect(url: str, *, schema: str | None = None, pool_size: int = 10) -> Database:
     """Engines for *url*; *schema* (PostgreSQL) puts every table in that schema."""
     try:
         parsed = make_url(url)
@@ -100,7 +100,8 @@ def connect(url: str, *, schema: str | None = None, pool_size: int = 5) -> Datab
         connect_args: dict[str, Any] = {"timeout": 10}
         if schema is not None:
             connect_args["server_settings"] = {"search_path": schema}
-        engine = create_async_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        # room for the executor's sends (one connection each while in flight) besides the loops
+        engine = create_async_engine(parsed, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True,
                                      connect_args=connect_args)
         return Database(parsed, engine, engine, schema)
     raise ConfigError(f"unsupported database {backend!r}: use sqlite+aiosqlite:///FILE or "
