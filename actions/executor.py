@@ -62,7 +62,7 @@ class ExecutorSettings:
     idle_sleep: float = 0.05
     # how long a claimed job stays ours: beyond any attempt's timeout; a dead executor's jobs
     # come back after it (and arq re-runs a dead worker's job after its job timeout + 10 s)
-    lease: timedelta = timedelta(seconds=150)
+    lease: timedelta = timedelta(seconds=120)
 
 
 @dataclass

@@ -13,6 +13,8 @@ from journeys.errors import ConfigError, UsageError
 
 
 def run(path: str) -> int:
+    from sqlalchemy.engine import make_url
+
     from actions.executor import Executor
     from actions.queue import workers
     from actions.templates import TemplateStore
@@ -43,7 +45,9 @@ def run(path: str) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         tasks = [asyncio.create_task(w.async_run()) for w in running]
-        print(f"journeys: {len(running)} arq workers on {url} for {folder}", flush=True)
+        shown = make_url(url.replace("redis://", "redis+x://", 1)).render_as_string(hide_password=True)
+        print(f"journeys: {len(running)} arq workers on {shown.replace('redis+x://', 'redis://', 1)} for {folder}",
+              flush=True)
         await stop.wait()
         for w in running:
             await w.close()
