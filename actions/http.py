@@ -46,14 +46,14 @@ import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from actions.base import ActionContext, ActionError, Outcome
 from actions.net import Target, describe, parse_url, resolve_url
+from actions.retry import retry_after
 
 MAX_BODY_BYTES = 1_048_576
 RESULT_BODY_CHARS = 2_000
@@ -136,28 +136,6 @@ def _read_inputs(inputs: Mapping[str, Any], job_id: str) -> _Call:
     headers["accept-encoding"] = (b"Accept-Encoding", b"identity")
     headers["idempotency-key"] = (b"Idempotency-Key", _header_value("Idempotency-Key", job_id))
     return _Call(method, url, tuple(headers.values()), content)
-
-
-def retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date), or None."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 def _decode(raw: bytes, response: httpx.Response, cap: int) -> str:

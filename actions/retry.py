@@ -9,7 +9,8 @@ passed in, so tests (and replays) get the same schedule from the same seed.
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 from actions.base import ActionError
 from journeys.model import RetryPolicy
@@ -36,3 +37,26 @@ def is_transient(error: ActionError, policy: RetryPolicy) -> bool:
         kind = "timeout" if error.reason.startswith("timeout") else "connection"
         return kind in kinds
     return error.status in kinds or f"{error.status // 100}xx" in kinds
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    if current.tzinfo is None:
+        current = current.replace(tzinfo=UTC)
+    return max(0.0, (when - current).total_seconds())

@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
 
 from actions.base import ActionContext, ActionError, Sent
+from actions.retry import retry_after
 from journeys.config import ChannelConfig
 from journeys.durations import parse_ms
 
@@ -81,24 +80,6 @@ def only_channels(provider: str, channel: ChannelConfig, draft: Draft, allowed: 
     if draft.channel not in allowed:
         raise ActionError(f"channel {channel.name} uses provider {provider}, which cannot send "
                           f"{draft.channel} (it sends {', '.join(allowed)})", transient=False)
-
-
-def retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if absent or unreadable."""
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def is_transient_status(status: int) -> bool:
