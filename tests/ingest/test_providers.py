@@ -183,3 +183,24 @@ def test_wrong_content_type() -> None:
     with pytest.raises(IngestError) as info:
         get("events").normalize(raw, source("events", {"secret": "whsec_eA=="}))
     assert info.value.status_code == 415
+
+
+@pytest.mark.parametrize("payload", load("sendgrid")["payloads"], ids=lambda p: p["description"][:40])
+def test_sendgrid_agrees_with_sendgrids_own_library(payload: dict[str, Any]) -> None:
+    """SendGrid's Python library as the real verifier: it and we accept the same requests and
+    refuse the same tampered ones."""
+    from sendgrid.helpers.eventwebhook import EventWebhook
+
+    headers = {k.lower(): v for k, v in payload["signed_with"]["headers"].items()}
+    signature = headers["x-twilio-email-event-webhook-signature"]
+    stamp = headers["x-twilio-email-event-webhook-timestamp"]
+    hook = EventWebhook()
+    key = hook.convert_public_key_to_ecdsa(payload["signed_with"]["public_key"])
+    raw = request(payload["body"], payload["signed_with"]["headers"], payload["content_type"])
+    config = source("sendgrid", payload)
+    assert hook.verify_signature(payload["body"], signature, stamp, key)
+    get("sendgrid").verify(raw, config)
+    tampered = payload["body"] + " "
+    assert not hook.verify_signature(tampered, signature, stamp, key)
+    with pytest.raises(SignatureError):
+        get("sendgrid").verify(replace(raw, body=tampered.encode()), config)
