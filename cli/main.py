@@ -155,11 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", metavar="TIME", default=None, help="virtual start time (default 2026-01-05T10:00:00Z)")
     p.set_defaults(handler=_simulate)
 
-    p = sub.add_parser("serve", help="run the deployment: HTTP API, engine and timers in one process",
+    p = sub.add_parser("serve", help="run the deployment: webhooks, engine, timers and actions in one process",
                        description="Validate and load the deployment in DIR, migrate a new database (SQLite "
                        "file DIR/journeys.db unless JOURNEYS_DATABASE_URL is set), register the journey "
-                       "versions, then serve HTTP and run the engine and timer loops until SIGTERM. A "
-                       "database whose migrations are behind is refused: run `journeys db upgrade DIR`.")
+                       "versions, then serve HTTP (webhook ingest, admin API, health) and run the engine, the "
+                       "timers and the action executor until SIGTERM. With JOURNEYS_REDIS_URL set, actions "
+                       "are relayed to `journeys worker` processes instead. A database whose migrations are "
+                       "behind is refused: run `journeys db upgrade DIR`.")
     p.add_argument("dir", nargs="?", default=".", metavar="DIR")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
