@@ -6,7 +6,7 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from ingest.errors import MalformedError, SignatureError
 from ingest.incoming import Incoming
@@ -64,6 +64,16 @@ def check_timestamp(raw: str, now: datetime, tolerance_ms: int, what: str = "tim
         raise SignatureError(f"the {what} is {drift / 1000:.0f} s away from now (tolerance "
                              f"{tolerance_ms / 1000:.0f} s): a stale or replayed request")
     return seconds
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    """*value* when it is a JSON object, else an empty one: payloads leave out what they like."""
+    return value if isinstance(value, dict) else {}
+
+
+def objects(value: Any) -> list[dict[str, Any]]:
+    """The JSON objects in *value* when it is a list, else none."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def parse_time(value: object, what: str) -> datetime | None:

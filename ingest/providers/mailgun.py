@@ -14,7 +14,7 @@ from typing import Any
 
 from ingest.errors import MalformedError, SignatureError
 from ingest.incoming import ContactRef, Incoming
-from ingest.providers.base import Reply, any_equal, check_timestamp, parse_time
+from ingest.providers.base import Reply, any_equal, as_object, check_timestamp, parse_time
 from ingest.request import RawRequest
 from ingest.status import meaning
 from journeys.config import SourceConfig
@@ -33,9 +33,6 @@ def _signature_block(request: RawRequest) -> tuple[dict[str, Any], dict[str, Any
         raise MalformedError("no event-data object in the body")
     return sig, data
 
-
-def _object(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 class MailgunProvider:
@@ -63,14 +60,14 @@ class MailgunProvider:
             raise MalformedError(f"unknown Mailgun event {word!r}")
         if found.type is None:
             return []
-        message = _object(data.get("message"))
-        headers = _object(message.get("headers"))
-        variables = _object(data.get("user-variables"))
+        message = as_object(data.get("message"))
+        headers = as_object(message.get("headers"))
+        variables = as_object(data.get("user-variables"))
         details: dict[str, Any] = {"event": word}
         for k in ("severity", "reason", "url", "log-level"):
             if k in data:
                 details[k] = data[k]
-        status = _object(data.get("delivery-status"))
+        status = as_object(data.get("delivery-status"))
         if status:
             details["delivery_status"] = {k: status[k] for k in ("code", "message", "description") if k in status}
         if found.type in ("message.failed", "message.deferred"):

@@ -17,14 +17,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ingest.errors import MalformedError, SignatureError
 from ingest.incoming import ContactRef, Incoming
-from ingest.providers.base import Reply, check_timestamp, parse_time, require
+from ingest.providers.base import Reply, as_object, check_timestamp, parse_time, require
 from ingest.request import RawRequest
 from ingest.status import meaning
 from journeys.config import SourceConfig
-
-
-def _object(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 class TelnyxProvider:
@@ -51,16 +47,16 @@ class TelnyxProvider:
 
     def normalize(self, request: RawRequest, source: SourceConfig) -> list[Incoming]:
         request.require_media_type(*self.content_types)
-        data = _object(_object(request.json()).get("data"))
+        data = as_object(as_object(request.json()).get("data"))
         event_id, kind = data.get("id"), data.get("event_type")
-        payload = _object(data.get("payload"))
+        payload = as_object(data.get("payload"))
         if not isinstance(event_id, str) or not isinstance(kind, str) or not payload:
             raise MalformedError("not a Telnyx event: data.id, data.event_type and data.payload are required")
         message_id = payload.get("id") if isinstance(payload.get("id"), str) else None
         occurred = parse_time(data.get("occurred_at"), "data.occurred_at")
         channel = "whatsapp" if str(payload.get("type", "")).lower() == "whatsapp" else "sms"
         if kind == "message.received":
-            phone = _object(payload.get("from")).get("phone_number")
+            phone = as_object(payload.get("from")).get("phone_number")
             return [Incoming(type="message.received", provider_event_id=event_id, channel=channel,
                              contact=ContactRef(phone=phone) if phone else None, occurred_at=occurred,
                              provider_message_id=message_id, text=str(payload.get("text") or ""), inbound=True,

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 from ingest.errors import MalformedError, SignatureError
 from ingest.incoming import ContactRef, Incoming
-from ingest.providers.base import Reply, any_equal, equal, parse_time, require
+from ingest.providers.base import Reply, any_equal, as_object, equal, objects, parse_time, require
 from ingest.request import RawRequest
 from ingest.status import meaning
 from journeys.config import SourceConfig
@@ -25,12 +25,6 @@ from journeys.config import SourceConfig
 TEMPORARY_ERRORS = {130429, 131047, 131048, 131056, 133004}
 
 
-def _object(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[dict[str, Any]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 class WhatsAppProvider:
@@ -54,19 +48,20 @@ class WhatsAppProvider:
 
     def normalize(self, request: RawRequest, source: SourceConfig) -> list[Incoming]:
         request.require_media_type(*self.content_types)
-        body = _object(request.json())
+        body = as_object(request.json())
         if body.get("object") != "whatsapp_business_account":
             raise MalformedError("not a WhatsApp Business webhook (object must be whatsapp_business_account)")
         out: list[Incoming] = []
-        for entry in _list(body.get("entry")):
-            for change in _list(entry.get("changes")):
-                value = _object(change.get("value"))
-                names = {c.get("wa_id"): _object(c.get("profile")).get("name") for c in _list(value.get("contacts"))}
-                for status in _list(value.get("statuses")):
+        for entry in objects(body.get("entry")):
+            for change in objects(entry.get("changes")):
+                value = as_object(change.get("value"))
+                names = {c.get("wa_id"): as_object(c.get("profile")).get("name")
+                         for c in objects(value.get("contacts"))}
+                for status in objects(value.get("statuses")):
                     item = self._status(status)
                     if item is not None:
                         out.append(item)
-                for message in _list(value.get("messages")):
+                for message in objects(value.get("messages")):
                     out.append(self._message(message, names))
         if len(out) > source.max_batch:
             raise MalformedError(f"{len(out)} events in one request; the limit is {source.max_batch}")
@@ -83,7 +78,7 @@ class WhatsAppProvider:
             return None
         details: dict[str, Any] = {"status": word}
         if found.type == "message.failed":
-            errors = _list(status.get("errors"))
+            errors = objects(status.get("errors"))
             code = errors[0].get("code") if errors else None
             details.update(reason=str(code or word), title=errors[0].get("title") if errors else None,
                            permanent=not (isinstance(code, int) and code in TEMPORARY_ERRORS))
@@ -98,13 +93,13 @@ class WhatsAppProvider:
         if not isinstance(message_id, str) or not sender:
             raise MalformedError("a WhatsApp message without id or from")
         kind = str(message.get("type", ""))
-        text = _object(message.get("text")).get("body") if kind == "text" else None
+        text = as_object(message.get("text")).get("body") if kind == "text" else None
         if kind == "button":
-            text = _object(message.get("button")).get("text")
+            text = as_object(message.get("button")).get("text")
         details: dict[str, Any] = {"message_type": kind}
         if names.get(sender):
             details["profile_name"] = names[sender]
-        context = _object(message.get("context"))
+        context = as_object(message.get("context"))
         if context.get("id"):
             details["in_reply_to"] = context["id"]
         return Incoming(type="message.received", provider_event_id=message_id, channel="whatsapp",
