@@ -37,6 +37,7 @@ from engine.db.database import Database
 from engine.db.schema import contacts, instances, jobs, messages, steps, suppressions
 from engine.events import Event
 from engine.instance import Contact
+from engine.loops import repeat
 from engine.runtime import aware
 from engine.store import store_events
 from journeys.build import policy_from_data
@@ -313,16 +314,7 @@ class Executor:
                 for n, (kind, data) in enumerate(outcome.emit)], now)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                n = await self.run_once()
-            except Exception:
-                log.exception("executor loop failed; retrying")
-                n = 0
-                await asyncio.sleep(1)
-            if n == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.settings.idle_sleep)
+        await repeat(self.run_once, stop, idle=self.settings.idle_sleep, log=log, what="executor loop")
         if self.http is not None:
             await self.http.aclose()
 

@@ -16,7 +16,6 @@ the relay enqueues jobs when they are due).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from sqlalchemy import select, update
 from actions.executor import Executor
 from engine.db.database import Database
 from engine.db.schema import jobs
+from engine.loops import repeat
 
 log = logging.getLogger("journeys.queue")
 
@@ -91,16 +91,7 @@ async def relay(db: Database, url: str, stop: asyncio.Event, clock: Callable[[],
                 interval: float = 0.05) -> None:
     redis = await pool(url)
     try:
-        while not stop.is_set():
-            try:
-                queued = await relay_once(db, redis, clock())
-            except Exception:
-                log.exception("relay failed; retrying")
-                queued = 0
-                await asyncio.sleep(1)
-            if not queued:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=interval)
+        await repeat(lambda: relay_once(db, redis, clock()), stop, idle=interval, log=log, what="relay")
     finally:
         await redis.aclose()
 

@@ -15,7 +15,6 @@ and the others flow on: if the batch cannot be written, it is retried one event 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import traceback
@@ -36,6 +35,7 @@ from engine.decision import Decision
 from engine.events import ABOUT_A_MESSAGE, STATUS_OF_TYPE, Event
 from engine.instance import NO_HISTORY, Contact, History, Instance
 from engine.interpreter import decide, subject_of
+from engine.loops import repeat
 from engine.messages import advance
 from engine.versions import Registry
 from journeys.errors import ExpressionError
@@ -551,16 +551,7 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until *stop* is set; a batch in progress always finishes first."""
-        while not stop.is_set():
-            try:
-                processed = await self.run_once()
-            except Exception:
-                log.exception("engine loop failed; retrying")
-                processed = 0
-                await asyncio.sleep(1)
-            if processed == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.settings.idle_sleep)
+        await repeat(self.run_once, stop, idle=self.settings.idle_sleep, log=log, what="engine loop")
         await self.release()
 
 

@@ -8,7 +8,6 @@ firing in the journey. The interpreter then ignores it if the instance has moved
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -19,6 +18,7 @@ from sqlalchemy import select, update
 from engine.db.database import Database
 from engine.db.schema import instances, timers
 from engine.events import Event
+from engine.loops import repeat
 from engine.runtime import utcnow
 from engine.store import store_events
 from journeys.events import TIMER_FIRED
@@ -57,12 +57,4 @@ async def fire_due(db: Database, now: datetime, limit: int = 1000) -> int:
 
 async def run(db: Database, stop: asyncio.Event, clock: Callable[[], datetime] = utcnow,
               interval: float = 0.2) -> None:
-    while not stop.is_set():
-        try:
-            fired = await fire_due(db, clock())
-        except Exception:
-            log.exception("timer loop failed; retrying")
-            fired = 0
-        if not fired:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+    await repeat(lambda: fire_due(db, clock()), stop, idle=interval, log=log, what="timer loop", pause_on_error=0)
