@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from actions.templates import TemplateStore
-from cli.testcmd import _policies
+from cli.testcmd import deployment_policies
 from engine.compiled import compile_journey
 from engine.instance import Contact
 from engine.simulator import Record, World
@@ -81,7 +81,7 @@ def run(file: str, events: str, contact: str | None, start: str | None) -> int:
     root = find_root(Path(file))
     journey = load_journey(file, template_index(root) if root else None)
     begin = DEFAULT_START if start is None else datetime.fromisoformat(start.replace("Z", "+00:00"))
-    world = World([compile_journey(journey)], _contact(contact), begin, _policies(root),
+    world = World([compile_journey(journey)], _contact(contact), begin, deployment_policies(root),
                   TemplateStore(root / "templates" if root else None))
     shown = 0
     for n, item in _lines(events):

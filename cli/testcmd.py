@@ -16,7 +16,9 @@ from journeys.model import Journey
 from journeys.yamlsrc import load_file
 
 
-def _policies(root: Path | None) -> Policies:
+def deployment_policies(root: Path | None) -> Policies:
+    """The retry/quiet-hours policies of the deployment at *root* (defaults without one), as
+    `journeys test` and `journeys simulate` both apply them."""
     if root is None:
         return Policies()
     path = next((root / n for n in CONFIG_NAMES if (root / n).is_file()), None)
@@ -49,7 +51,7 @@ def run(paths: Sequence[str], verbose: bool = False) -> int:
             compiled[key] = compile_journey(journey)
         root = find_root(Path(suite.file))
         templates = TemplateStore(root / "templates" if root else None)
-        policies = _policies(root)
+        policies = deployment_policies(root)
         print(f"{suite.file} ({suite.journey} v{key[1]})")
         for case in suite.cases:
             result = run_case(suite, case, compiled[key], policies, templates)

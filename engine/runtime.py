@@ -50,14 +50,12 @@ def utcnow() -> datetime:
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything here is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+    return None if value is None else aware(value)
 
 
 def aware(value: datetime) -> datetime:
-    """A database time as an aware UTC datetime, whichever database gave it."""
+    """A database time as an aware UTC datetime, whichever database gave it (SQLite hands back
+    naive datetimes; everything stored is UTC)."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
