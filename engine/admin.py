@@ -8,6 +8,7 @@ with that token, compared in constant time.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Row, Select, select
 
 from engine.db import migrate
 from engine.db.database import Database
@@ -43,6 +44,20 @@ def db_of(request: Request[Any, Any, Any]) -> Database:
     return database
 
 
+def _matching(query: Select[Any], *filters: tuple[ColumnElement[Any], str | None]) -> Select[Any]:
+    """*query* narrowed by each (column, value) filter the caller gave; an absent one matches all."""
+    for column, value in filters:
+        if value is not None:
+            query = query.where(column == value)
+    return query
+
+
+async def _all(request: Request[Any, Any, Any], query: Select[Any]) -> Sequence[Row[Any]]:
+    async with db_of(request).read.connect() as conn:
+        rows: Sequence[Row[Any]] = (await conn.execute(query)).all()
+    return rows
+
+
 async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     token: str | None = connection.app.state.get("admin_token")
     if not token:
@@ -65,11 +80,10 @@ class AdminController(Controller):
 
     @get("/journeys")
     async def list_journeys(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        async with db_of(request).read.connect() as conn:
-            rows = (await conn.execute(select(journey_versions.c.journey, journey_versions.c.version,
-                                              journey_versions.c.content_hash, journey_versions.c.file,
-                                              journey_versions.c.registered_at)
-                                       .order_by(journey_versions.c.registered_at.desc()))).all()
+        rows = await _all(request, select(journey_versions.c.journey, journey_versions.c.version,
+                                          journey_versions.c.content_hash, journey_versions.c.file,
+                                          journey_versions.c.registered_at)
+                          .order_by(journey_versions.c.registered_at.desc()))
         return {"items": [{"journey": r.journey, "version": r.version, "content_hash": r.content_hash,
                            "file": r.file, "registered_at": _iso(r.registered_at)} for r in rows]}
 
@@ -77,16 +91,10 @@ class AdminController(Controller):
     async def list_instances(self, request: Request[Any, Any, Any], contact_id: FromQuery[str | None] = None,
                              journey: FromQuery[str | None] = None, status: FromQuery[str | None] = None,
                              limit: FromQuery[int] = 100) -> dict[str, Any]:
-        query = select(instances)
-        if contact_id is not None:
-            query = query.where(instances.c.contact_id == contact_id)
-        if journey is not None:
-            query = query.where(instances.c.journey == journey)
-        if status is not None:
-            query = query.where(instances.c.status == status)
-        query = query.order_by(instances.c.started_at.desc(), instances.c.id.desc()).limit(_limit(limit))
-        async with db_of(request).read.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        query = _matching(select(instances), (instances.c.contact_id, contact_id), (instances.c.journey, journey),
+                          (instances.c.status, status))
+        rows = await _all(request, query.order_by(instances.c.started_at.desc(), instances.c.id.desc())
+                          .limit(_limit(limit)))
         return {"items": [instance_summary(r) for r in rows]}
 
     @get("/instances/{instance_id:str}")
@@ -106,20 +114,12 @@ class AdminController(Controller):
     async def list_events(self, request: Request[Any, Any, Any], source: FromQuery[str | None] = None,
                           type: FromQuery[str | None] = None, contact_id: FromQuery[str | None] = None,
                           status: FromQuery[str | None] = None, limit: FromQuery[int] = 100) -> dict[str, Any]:
-        query = select(events.c.id, events.c.source, events.c.provider_event_id, events.c.type, events.c.status,
-                       events.c.contact_id, events.c.message_id, events.c.duplicates, events.c.occurred_at,
-                       events.c.received_at, events.c.outcome, events.c.error)
-        if source is not None:
-            query = query.where(events.c.source == source)
-        if type is not None:
-            query = query.where(events.c.type == type)
-        if contact_id is not None:
-            query = query.where(events.c.contact_id == contact_id)
-        if status is not None:
-            query = query.where(events.c.status == status)
-        query = query.order_by(events.c.seq.desc()).limit(_limit(limit))
-        async with db_of(request).read.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        query: Select[Any] = select(events.c.id, events.c.source, events.c.provider_event_id, events.c.type,
+                                    events.c.status, events.c.contact_id, events.c.message_id, events.c.duplicates,
+                                    events.c.occurred_at, events.c.received_at, events.c.outcome, events.c.error)
+        query = _matching(query, (events.c.source, source), (events.c.type, type),
+                          (events.c.contact_id, contact_id), (events.c.status, status))
+        rows = await _all(request, query.order_by(events.c.seq.desc()).limit(_limit(limit)))
         return {"items": [{"id": r.id, "source": r.source, "provider_event_id": r.provider_event_id,
                            "type": r.type, "status": r.status, "contact_id": r.contact_id,
                            "message_id": r.message_id, "duplicates": r.duplicates,
@@ -129,14 +129,10 @@ class AdminController(Controller):
     @get("/messages")
     async def list_messages(self, request: Request[Any, Any, Any], contact_id: FromQuery[str | None] = None,
                             instance_id: FromQuery[str | None] = None, limit: FromQuery[int] = 100) -> dict[str, Any]:
-        query = select(messages)
-        if contact_id is not None:
-            query = query.where(messages.c.contact_id == contact_id)
-        if instance_id is not None:
-            query = query.where(messages.c.instance_id == instance_id)
-        query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(_limit(limit))
-        async with db_of(request).read.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        query = _matching(select(messages), (messages.c.contact_id, contact_id),
+                          (messages.c.instance_id, instance_id))
+        rows = await _all(request, query.order_by(messages.c.created_at.desc(), messages.c.id.desc())
+                          .limit(_limit(limit)))
         return {"items": [{"id": r.id, "channel": r.channel, "provider": r.provider,
                            "provider_message_id": r.provider_message_id, "status": r.status, "body": r.body,
                            "to": r.to, "instance_id": r.instance_id, "contact_id": r.contact_id,
@@ -144,9 +140,8 @@ class AdminController(Controller):
 
     @get("/dead-letters")
     async def list_dead_letters(self, request: Request[Any, Any, Any], limit: FromQuery[int] = 100) -> dict[str, Any]:
-        async with db_of(request).read.connect() as conn:
-            rows = (await conn.execute(select(jobs).where(jobs.c.status == "dead")
-                                       .order_by(jobs.c.updated_at.desc()).limit(_limit(limit)))).all()
+        rows = await _all(request, select(jobs).where(jobs.c.status == "dead")
+                          .order_by(jobs.c.updated_at.desc()).limit(_limit(limit)))
         return {"items": [{"id": r.id, "action": r.action, "instance_id": r.instance_id, "journey": r.journey,
                            "attempts": r.attempts, "last_error": r.last_error, "inputs": r.inputs,
                            "updated_at": _iso(r.updated_at)} for r in rows]}
