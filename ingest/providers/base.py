@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -51,6 +53,14 @@ def require(value: str | None, what: str) -> str:
     if not value:
         raise SignatureError(f"missing {what}")
     return value
+
+
+def decode_signature(given: str, what: str) -> bytes:
+    """The bytes of a base64 signature header; anything else is a forged or mangled request."""
+    try:
+        return base64.b64decode(given, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise SignatureError(f"the {what} is not base64") from exc
 
 
 def check_timestamp(raw: str, now: datetime, tolerance_ms: int, what: str = "timestamp") -> int:

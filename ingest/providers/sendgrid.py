@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from ingest.errors import MalformedError, SignatureError
 from ingest.incoming import ContactRef, Incoming
-from ingest.providers.base import Reply, check_timestamp, parse_time, require
+from ingest.providers.base import Reply, check_timestamp, decode_signature, parse_time, require
 from ingest.request import RawRequest
 from ingest.status import meaning
 from journeys.config import SourceConfig
@@ -30,6 +31,7 @@ TIMESTAMP = "x-twilio-email-event-webhook-timestamp"
 MESSAGE_ID_ARG = "journeys_message_id"
 
 
+@lru_cache(maxsize=32)  # parsing DER on every request is wasted work: the configured keys rarely change
 def _key(text: str) -> ec.EllipticCurvePublicKey:
     try:
         key = load_der_public_key(base64.b64decode(text))
@@ -48,10 +50,7 @@ class SendGridProvider:
         given = require(request.header(SIGNATURE), "X-Twilio-Email-Event-Webhook-Signature header")
         stamp = require(request.header(TIMESTAMP), "X-Twilio-Email-Event-Webhook-Timestamp header")
         check_timestamp(stamp, request.received_at, source.tolerance_ms)
-        try:
-            signature = base64.b64decode(given, validate=True)
-        except (ValueError, binascii.Error) as exc:
-            raise SignatureError("the signature is not base64") from exc
+        signature = decode_signature(given, "SendGrid signature")
         signed = stamp.encode() + request.body
         for text in source.public_keys:
             try:

@@ -157,6 +157,19 @@ def test_missing_signature_is_refused(name: str) -> None:
         get(name).verify(raw, source(name, payload, payload.get("url", "")))
 
 
+@pytest.mark.parametrize(("name", "header"), [("sendgrid", "X-Twilio-Email-Event-Webhook-Signature"),
+                                              ("telnyx", "telnyx-signature-ed25519")])
+def test_a_signature_that_is_not_base64_is_refused(name: str, header: str) -> None:
+    payload = load(name)["payloads"][0]
+    headers = {k: v for k, v in payload["signed_with"]["headers"].items() if k.lower() != header.lower()}
+    config = source(name, payload)
+    with pytest.raises(SignatureError, match="does not match"):  # base64, but not the signature
+        get(name).verify(request(payload["body"], headers | {header: "c2ln"}, payload["content_type"]), config)
+    with pytest.raises(SignatureError, match="signature is not base64"):
+        get(name).verify(request(payload["body"], headers | {header: "not base64!"}, payload["content_type"]),
+                         config)
+
+
 def test_whatsapp_handshake() -> None:
     [vector] = [v for v in load("whatsapp")["signature_vectors"] if v["kind"] == "behaviour"]
     config = source("whatsapp", {"secret": "x", "verify_token": vector["verify_token"]})
