@@ -24,6 +24,8 @@ from engine.db.database import connect
 from engine.db.schema import events
 from engine.events import Event
 from engine.store import store_events
+from ingest.contacts import resolve
+from ingest.incoming import ContactRef
 from tests.conftest import EXAMPLES
 
 EXE = str(Path(sys.executable).parent / "journeys")
@@ -49,13 +51,17 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture
-def server(deployment: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def server(deployment: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """``journeys serve`` on a free port, its output in a file (a pipe nobody reads can fill and
+    stall the server; a file also closes cleanly whichever way the test ends)."""
     port = free_port()
-    proc = subprocess.Popen([EXE, "serve", str(deployment), "--dev", "--port", str(port)], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([EXE, "serve", str(deployment), "--dev", "--port", str(port)], env=_env(),
+                                stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                 break
@@ -63,41 +69,49 @@ def server(deployment: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
             time.sleep(0.1)
     else:
         proc.kill()
-        raise AssertionError(f"serve did not start:\n{proc.communicate()[0]}")
-    yield proc, base
+        proc.wait()
+        raise AssertionError(f"serve did not start:\n{log.read_text(errors='replace')}")
+    yield proc, base, log
     if proc.poll() is None:
         proc.kill()
         proc.wait()
 
 
-def _store(db_file: Path, *batch: Event) -> None:
+def _store(db_file: Path, contact: ContactRef, *batch: Event) -> None:
     async def run() -> None:
         db = connect(f"sqlite+aiosqlite:///{db_file}")
         async with db.write.begin() as conn:
+            await resolve(conn, [contact], datetime.now(UTC))
             await store_events(conn, batch, datetime.now(UTC))
         await db.dispose()
 
     asyncio.run(run())
 
 
-def test_serve_runs_the_engine_and_stops_cleanly(server: tuple[subprocess.Popen[str], str],
+def test_serve_runs_the_engine_and_stops_cleanly(server: tuple[subprocess.Popen[bytes], str, Path],
                                                  deployment: Path) -> None:
-    proc, base = server
+    proc, base, log = server
     assert httpx.get(f"{base}/readyz").json()["status"] == "ok"
     journeys = {j["journey"] for j in httpx.get(f"{base}/api/journeys").json()["items"]}
     assert journeys == {"payment-reminder", "opt-out", "sms-helpdesk", "cart-recovery"}
     now = datetime.now(UTC)
-    _store(deployment / "journeys.db", Event(id="e1", type="invoice.overdue", occurred_at=now, source="app",
-                                             contact_id="c-1", data=MappingProxyType({"amount_due": 5,
-                                                                                       "invoice_id": "I-1"})))
+    # the contact has a phone, so the console SMS is sent and the journey waits in `remind` for
+    # its delivery receipt (without one the send fails at once and the journey moves on)
+    overdue = Event(id="e1", type="invoice.overdue", occurred_at=now, source="app", contact_id="c-1",
+                    data=MappingProxyType({"amount_due": 5, "invoice_id": "I-1"}))
+    _store(deployment / "journeys.db", ContactRef(id="c-1", phone="+4915112345678"), overdue)
     deadline = time.monotonic() + 15
-    items: list[dict[str, object]] = []
-    while time.monotonic() < deadline and not items:
-        items = httpx.get(f"{base}/api/instances", params={"contact_id": "c-1"}).json()["items"]
+    sent: list[dict[str, object]] = []
+    # the executor reserves the message row before the provider call and fills in `to` after it
+    while time.monotonic() < deadline and not (sent and sent[0]["to"]):
+        sent = httpx.get(f"{base}/api/messages", params={"contact_id": "c-1"}).json()["items"]
         time.sleep(0.1)
+    assert [(m["channel"], m["to"]) for m in sent] == [("sms", "+4915112345678")]
+    items = httpx.get(f"{base}/api/instances", params={"contact_id": "c-1"}).json()["items"]
     assert [(i["journey"], i["state"], i["status"]) for i in items] == [("payment-reminder", "remind", "active")]
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    out = log.read_text(errors="replace")
     # uvicorn re-raises the signal after its graceful shutdown, as process managers expect
     assert proc.returncode == -signal.SIGTERM, out
     assert "Application shutdown complete" in out
