@@ -4,8 +4,9 @@ expressions and templates, parsed timers. Built once per journey version, then s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -28,10 +29,50 @@ def _compile_inputs(value: Any, top: bool = True) -> Any:
     return value
 
 
+def _has_value(value: Any) -> bool:
+    if isinstance(value, Value):
+        return True
+    if isinstance(value, Mapping):
+        return any(_has_value(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_value(v) for v in value)
+    return False
+
+
+def _renderer(inputs: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Mapping[str, Any]]:
+    """One generated function that renders every template in *inputs* in a scope and returns
+    the read-only result: no walk over the structure on every decision. The generated code
+    holds only dict and list displays, ``repr`` of keys and names bound below."""
+    bound: dict[str, Any] = {"__builtins__": {}, "_proxy": MappingProxyType}
+
+    def display(value: Any) -> str:
+        if isinstance(value, Value):
+            name = f"_v{len(bound)}"
+            bound[name] = value.run
+            return f"{name}(s)"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{str(k)!r}: {display(v)}" for k, v in value.items()) + "}"
+        if isinstance(value, list):
+            return "[" + ", ".join(display(v) for v in value) + "]"
+        name = f"_c{len(bound)}"
+        bound[name] = value
+        return name
+
+    code = f"def _render(s):\n    return _proxy({display(dict(inputs))})\n"
+    exec(compile(code, "<action inputs>", "exec"), bound)
+    render: Callable[[Mapping[str, Any]], Mapping[str, Any]] = bound["_render"]
+    return render
+
+
 @dataclass(frozen=True)
 class CompiledAction:
     call: ActionCall
     inputs: Mapping[str, Any]  # the inputs with every template compiled (Value)
+    # The inputs themselves when no template is in them: rendered once, shared by every
+    # decision (read-only; the runtime and simulator copy what they keep).
+    constant: Mapping[str, Any] | None = None
+    # Otherwise: renders them in a scope (see _renderer).
+    render: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +87,7 @@ class CompiledTimer:
     index: int
     timer: Timer
     do: tuple[CompiledAction, ...]
+    delay: timedelta
 
 
 @dataclass(frozen=True)
@@ -76,14 +118,9 @@ class CompiledJourney:
     goal_guard: Expression | None
     # what expressions see as ``journey``
     view: Mapping[str, Any]
-
-    @property
-    def id(self) -> str:
-        return self.journey.id
-
-    @property
-    def version(self) -> int:
-        return self.journey.version
+    # the journey's own, copied here: the interpreter reads them on every decision
+    id: str
+    version: int
 
     def listens_to(self, event_type: str) -> bool:
         return event_type in self.triggers
@@ -93,8 +130,15 @@ def _guard(source: str | None) -> Expression | None:
     return None if source is None else compile_expression(source)
 
 
+def _action(call: ActionCall) -> CompiledAction:
+    inputs = _compile_inputs(call.inputs)
+    if _has_value(inputs):
+        return CompiledAction(call, inputs, render=_renderer(inputs))
+    return CompiledAction(call, inputs, constant=MappingProxyType(inputs))
+
+
 def _actions(calls: tuple[ActionCall, ...]) -> tuple[CompiledAction, ...]:
-    return tuple(CompiledAction(c, _compile_inputs(c.inputs)) for c in calls)
+    return tuple(_action(c) for c in calls)
 
 
 def _by_type(items: list[Guarded]) -> dict[str, tuple[Guarded, ...]]:
@@ -114,7 +158,8 @@ def compile_journey(journey: Journey) -> CompiledJourney:
                 event: tuple(CompiledTransition(t.to, _guard(t.when), _actions(t.do)) for t in transitions)
                 for event, transitions in state.on.items()
             },
-            timers=tuple(CompiledTimer(i, t, _actions(t.do)) for i, t in enumerate(state.after)),
+            timers=tuple(CompiledTimer(i, t, _actions(t.do), timedelta(milliseconds=t.delay_ms))
+                         for i, t in enumerate(state.after)),
         )
     subject = journey.subject
     return CompiledJourney(
@@ -126,4 +171,6 @@ def compile_journey(journey: Journey) -> CompiledJourney:
         subject=None if subject in ("contact", "conversation") else compile_expression(subject),
         goal_guard=None if journey.goal is None else _guard(journey.goal.when),
         view=MappingProxyType({"id": journey.id, "version": journey.version}),
+        id=journey.id,
+        version=journey.version,
     )

@@ -4,10 +4,13 @@ Jinja builds a new render context for every evaluation, which costs more than th
 itself (``event.data.amount_due > 0``). Most journey expressions are names, attribute
 reads, comparisons, boolean logic, literals and filters; most templates are text with
 ``{{ expr }}`` in it. For those shapes we generate a small Python function from Jinja's
-own AST that goes through the very same sandbox hooks (``getattr``, ``getitem``,
-``call``, ``call_binop``, filters and tests), so safety and the work budget are the
-same. Anything else (``{% for %}``, ``{% if %}``, macros, filters that need a context)
-returns None, and the caller uses Jinja itself.
+own AST. A read of a key from a dict or a read-only mapping (``event.data.amount_due``)
+is done inline; every other attribute or item read goes through the sandbox's own checks,
+and calls, filters, tests and the guarded operators go through its hooks, so safety and
+the work budget are the same. Reads are not counted against the budget here: with no
+loops in these shapes, their number is bounded by the size of the expression. Anything
+else (``{% for %}``, ``{% if %}``, macros, filters that need a context) returns None,
+and the caller uses Jinja itself.
 
 Generated code only ever contains: calls to the helpers bound below, ``repr()`` of
 names and constants taken from the AST, and Python operators. No source text of the
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from jinja2 import nodes
@@ -33,8 +38,33 @@ _COMPARE = {"eq": "==", "ne": "!=", "gt": ">", "gteq": ">=", "lt": "<", "lteq": 
 _CONST_TYPES = (str, int, float, bool, type(None))
 
 
+# The mappings expressions usually read from (scopes, event data, vars): read inline.
+_PLAIN_MAPPINGS = frozenset({dict, MappingProxyType})
+
+
 class Unsupported(Exception):  # noqa: N818 - internal signal to fall back to Jinja
     pass
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A generated function, and whether it can spend work at all (a call, a filter, a test or
+    a guarded operator can; an expression of reads, comparisons and logic cannot, so it needs
+    no work budget). The function maps every failure to ExpressionError itself."""
+
+    fn: Callable[[Mapping[str, Any]], Any]
+    spends: bool
+
+
+# What the generated function does with the value before returning it: an expression must
+# not return an Undefined (it would only fail later, somewhere else); a value is made
+# JSON-ready (sandbox.plain); a template's output is bounded.
+_FINISH = {
+    "expression": "    if _isinstance(_v, _Undefined):\n        _v._fail_with_undefined_error()\n",
+    "value": "    if _isinstance(_v, _Undefined):\n        _v._fail_with_undefined_error()\n"
+             "    if _type(_v) not in _SCALARS:\n        _v = _plain(_v)\n",
+    "template": "    if _len(_v) > _MAX_OUTPUT:\n        raise _too_long()\n",
+}
 
 
 class _Compiler:
@@ -42,13 +72,19 @@ class _Compiler:
         self.env = env
         self.names: dict[str, Any] = {}
         self._ids = itertools.count()
+        self._temps = itertools.count()
+        self.spends = False
 
     def bind(self, value: Any) -> str:
         name = f"_h{next(self._ids)}"
         self.names[name] = value
         return name
 
+    def temp(self) -> str:
+        return f"_t{next(self._temps)}"
+
     def filter_fn(self, name: str) -> str:
+        self.spends = True
         func = self.env.filters.get(name)
         if func is None:
             raise Unsupported
@@ -63,6 +99,7 @@ class _Compiler:
         raise Unsupported  # needs a render context
 
     def test_fn(self, name: str) -> str:
+        self.spends = True
         func = self.env.tests.get(name)
         if func is None or _PassArg.from_obj(func) is not None:
             raise Unsupported
@@ -85,9 +122,15 @@ class _Compiler:
         if isinstance(node, nodes.Name):
             if node.ctx != "load":
                 raise Unsupported
-            return f"_name(s, {node.name!r})"
+            name = repr(node.name)
+            if node.name in self.env.globals:
+                return f"(s[{name}] if {name} in s else {self.bind(self.env.globals[node.name])})"
+            return f"(s[{name}] if {name} in s else _undefined(name={name}))"
         if isinstance(node, nodes.Getattr):
-            return f"_getattr({self.expr(node.node)}, {node.attr!r})"
+            # data first: event.data.items is the key "items", not dict.items
+            t, attr = self.temp(), repr(node.attr)
+            return (f"({t}[{attr}] if _type({t} := {self.expr(node.node)}) in _PLAIN and {attr} in {t} "
+                    f"else _getattr({t}, {attr}))")
         if isinstance(node, nodes.Getitem):
             if isinstance(node.arg, nodes.Slice):
                 raise Unsupported
@@ -111,6 +154,7 @@ class _Compiler:
             if op is None:
                 raise Unsupported
             if op in self.env.intercepted_binops:
+                self.spends = True
                 return f"_binop({op!r}, {self.expr(node.left)}, {self.expr(node.right)})"
             return f"({self.expr(node.left)} {op} {self.expr(node.right)})"
         if isinstance(node, nodes.Concat):
@@ -135,20 +179,15 @@ class _Compiler:
             extra = self.args(node)
             return f"{fn}({self.expr(node.node)}{', ' + extra if extra else ''})"
         if isinstance(node, nodes.Call):
+            self.spends = True
             extra = self.args(node)
             return f"_call({self.expr(node.node)}{', ' + extra if extra else ''})"
         raise Unsupported
 
-    def build(self, body: str) -> Callable[[Mapping[str, Any]], Any]:
+    def build(self, body: str, finish: str, support: Mapping[str, Any]) -> Compiled:
+        """The function ``_compiled(s)``: *body* evaluated in scope ``s``, then *finish*;
+        *support* holds the sandbox's error mapping and bounds (see sandbox._SUPPORT)."""
         env = self.env
-        undefined = env.undefined
-
-        def _name(scope: Mapping[str, Any], name: str) -> Any:
-            if name in scope:
-                return scope[name]
-            if name in env.globals:
-                return env.globals[name]
-            return undefined(name=name)
 
         def _call(obj: Any, *args: Any, **kwargs: Any) -> Any:
             env.spend()
@@ -161,32 +200,40 @@ class _Compiler:
 
         namespace: dict[str, Any] = {
             "__builtins__": {},
-            "_name": _name,
-            "_getattr": env.getattr,
-            "_getitem": env.getitem,
+            "_type": type,
+            "_PLAIN": _PLAIN_MAPPINGS,
+            "_undefined": env.undefined,
+            "_getattr": env.lookup,
+            "_getitem": env.lookup_item,
             "_binop": lambda op, a, b: env.call_binop(None, op, a, b),
             "_call": _call,
             "_concat": _concat,
             "_str": str,
+            **support,
             **self.names,
         }
-        code = f"def _compiled(s):\n    return {body}\n"
+        code = (f"def _compiled(s):\n    try:\n        _v = {body}\n"
+                + "".join(f"    {line}\n" for line in _FINISH[finish].splitlines())
+                + "    except _ExpressionError:\n        raise\n"
+                "    except _FAILURES as _e:\n        raise _error(_e) from _e\n    return _v\n")
         exec(compile(code, "<journey expression>", "exec"), namespace)
         fn: Callable[[Mapping[str, Any]], Any] = namespace["_compiled"]
-        return fn
+        return Compiled(fn, self.spends)
 
 
-def compile_expression(env: Any, tree: nodes.Expr) -> Callable[[Mapping[str, Any]], Any] | None:
-    """A closure evaluating *tree* (an expression AST), or None when Jinja must do it."""
+def compile_expression(env: Any, tree: nodes.Expr, support: Mapping[str, Any], *,
+                       value: bool = False) -> Compiled | None:
+    """A function evaluating *tree* (an expression AST), or None when Jinja must do it.
+    With *value*, its result is made JSON-ready."""
     compiler = _Compiler(env)
     try:
         body = compiler.expr(tree)
     except Unsupported:
         return None
-    return compiler.build(body)
+    return compiler.build(body, "value" if value else "expression", support)
 
 
-def compile_template(env: Any, tree: nodes.Template) -> Callable[[Mapping[str, Any]], Any] | None:
+def compile_template(env: Any, tree: nodes.Template, support: Mapping[str, Any]) -> Compiled | None:
     """A closure rendering *tree* when it is text and ``{{ expr }}`` only; else None."""
     compiler = _Compiler(env)
     parts: list[str] = []
@@ -201,7 +248,7 @@ def compile_template(env: Any, tree: nodes.Template) -> Callable[[Mapping[str, A
                     parts.append(f"_str({compiler.expr(child)})")
     except Unsupported:
         return None
-    return compiler.build("".join(["''.join([", ", ".join(parts), "])"]))
+    return compiler.build("".join(["''.join([", ", ".join(parts), "])"]), "template", support)
 
 
-__all__ = ["ExpressionError", "compile_expression", "compile_template"]
+__all__ = ["Compiled", "ExpressionError", "compile_expression", "compile_template"]

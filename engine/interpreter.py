@@ -25,7 +25,7 @@ from engine.decision import Decision, ScheduledAction, Step, TimerSet
 from engine.events import STATUS_OF_TYPE, Event
 from engine.instance import NO_HISTORY, RECENT_EVENTS, Contact, History, Instance
 from engine.messages import advance
-from engine.sandbox import Expression, Value, close_budget, open_budget
+from engine.sandbox import Value
 from journeys.errors import ExpressionError
 from journeys.events import TIMER_FIRED
 
@@ -45,24 +45,14 @@ def action_key(instance_id: str, seq: int, index: int) -> str:
 
 _NO_CONTACT: Mapping[str, Any] = MappingProxyType({})
 
+# A NamedTuple's own constructor is a Python function around this; the hot paths call it directly
+# with every field in order.
+_tuple = tuple.__new__
+_object_new = object.__new__
+
 
 def _contact_scope(contact: Contact | None) -> Mapping[str, Any]:
     return contact.view if contact is not None else _NO_CONTACT
-
-
-def _holds(guard: Expression | None, scope: Mapping[str, Any]) -> bool:
-    return guard is None or bool(guard(scope))
-
-
-def _render(value: Any, scope: Mapping[str, Any]) -> Any:
-    kind = type(value)
-    if kind is Value:
-        return value(scope)
-    if kind is dict:
-        return {k: _render(v, scope) for k, v in value.items()}
-    if kind is list:
-        return [_render(v, scope) for v in value]
-    return value
 
 
 def subject_of(cj: CompiledJourney, event: Event, contact: Contact | None) -> str | None:
@@ -74,27 +64,38 @@ def subject_of(cj: CompiledJourney, event: Event, contact: Contact | None) -> st
         return event.conversation_id
     assert cj.subject is not None
     scope = {"event": event.view, "contact": _contact_scope(contact), "journey": cj.view, "now": event.occurred_at}
-    value = cj.subject(scope)
+    value = cj.subject.run(scope)
     return None if value is None or value == "" else str(value)
 
 
 class _Run:
     """The work of one decision on one instance; collects steps, actions and timers."""
 
-    def __init__(self, cj: CompiledJourney, event: Event, now: datetime, contact: Contact | None) -> None:
+    __slots__ = ("_scope", "actions", "cancelled", "cj", "contact", "event", "now", "recent", "steps", "timers")
+
+    def __init__(self, cj: CompiledJourney, event: Event, now: datetime, contact: Contact | None,
+                 recent: tuple[str, ...]) -> None:
         self.cj = cj
         self.event = event
         self.now = now
         self.contact = contact
+        # The ids of the events the instance remembers once this one is applied, whatever the outcome.
+        self.recent = recent
         self.steps: list[Step] = []
         self.actions: list[ScheduledAction] = []
         self.timers: list[TimerSet] = []
         self.cancelled: list[str] = []
         self._scope: dict[str, Any] | None = None
 
-    def scope(self, instance: Instance, vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return {"event": self.event.view, "contact": _contact_scope(self.contact), "journey": self.cj.view,
-                "now": self.now, "vars": instance.vars if vars is None else vars, "instance": instance.scope()}
+    def scope(self, instance: Instance, state: str | None = None) -> dict[str, Any]:
+        """What expressions see; *state* is the state being entered, when it is not the instance's."""
+        event, contact = self.event, self.contact
+        return {"event": event.__dict__.get("_view") or event.view,
+                "contact": _NO_CONTACT if contact is None else contact.__dict__.get("_view") or contact.view,
+                "journey": self.cj.view, "now": self.now, "vars": instance.vars,
+                "instance": {"id": instance.id, "state": state or instance.state, "status": instance.status,
+                             "subject": instance.subject, "started_at": instance.started_at,
+                             "entered_at": self.now if state else instance.entered_at}}
 
     def lazy_scope(self, instance: Instance) -> dict[str, Any]:
         """The scope of the instance as it was when the event arrived, built on first use."""
@@ -104,54 +105,60 @@ class _Run:
 
     def step(self, kind: Any, from_state: str | None = None, to_state: str | None = None,
              detail: str | None = None) -> None:
-        self.steps.append(Step(kind, self.now, self.event.id, self.event.type, from_state, to_state, detail))
+        self.steps.append(_tuple(Step, (kind, self.now, self.event.id, self.event.type, from_state, to_state,
+                                        detail)))
 
     def cancel_timers(self, instance: Instance) -> None:
-        state = self.cj.states[instance.state]
-        self.cancelled += [timer_id(instance.id, instance.seq, t.index) for t in state.timers]
-
-    def schedule(self, instance: Instance, actions: tuple[CompiledAction, ...], first_index: int) -> int:
-        if not actions:
-            return first_index
-        scope = self.scope(instance)
-        index = first_index
-        for compiled in actions:
-            call = compiled.call
-            self.actions.append(ScheduledAction(
-                key=action_key(instance.id, instance.seq, index),
-                action=call.action,
-                instance_id=instance.id,
-                state=instance.state,
-                seq=instance.seq,
-                idx=index,
-                inputs=MappingProxyType(_render(compiled.inputs, scope)),
-                retry=call.retry,
-                priority=self.cj.journey.priority,
-            ))
-            index += 1
-        return index
+        timers = self.cj.states[instance.state].timers
+        if timers:
+            prefix = f"{instance.id}:{instance.seq}:t"  # timer_id() of each
+            self.cancelled += [f"{prefix}{t.index}" for t in timers]
 
     def enter(self, instance: Instance, target: str, do: tuple[CompiledAction, ...], kind: Any) -> Instance:
-        """Leave the current state (when active) and enter *target*: do, enter, timers."""
-        source = None if kind == "started" else instance.state
-        entered = instance.evolve(state=target, seq=instance.seq + 1, entered_at=self.now)
-        self.step(kind, from_state=source, to_state=target)
+        """Leave the current state (when active) and enter *target*: do, enter, timers. The
+        instance returned remembers this event.
+
+        Written out in one function, tuples built without their NamedTuple constructors and
+        the instance copied by hand: this is the interpreter's inner loop."""
+        now = self.now
+        event = self.event
+        seq = instance.seq + 1
+        instance_id = instance.id
+        steps = self.steps
+        steps.append(_tuple(Step, (kind, now, event.id, event.type, None if kind == "started" else instance.state,
+                                   target, None)))
         compiled = self.cj.states[target]
-        next_index = self.schedule(entered, do, 0)
-        self.schedule(entered, compiled.enter, next_index)
+        actions = do + compiled.enter if do else compiled.enter  # do first; keys count on across both
+        if actions:
+            scope: dict[str, Any] | None = None
+            priority = self.cj.journey.priority
+            prefix = f"{instance_id}:{seq}:"  # action_key() of each
+            append = self.actions.append
+            for index, action in enumerate(actions):
+                call = action.call
+                inputs = action.constant
+                if inputs is None:
+                    if scope is None:
+                        scope = self.scope(instance, target)
+                    assert action.render is not None
+                    inputs = action.render(scope)
+                append(_tuple(ScheduledAction, (f"{prefix}{index}", call.action, instance_id, target, seq, index,
+                                                inputs, call.retry, priority)))
+        entered = _object_new(Instance)
+        fields = entered.__dict__
+        fields.update(instance.__dict__)
+        fields["state"] = target
+        fields["seq"] = seq
+        fields["entered_at"] = now
+        fields["recent_events"] = self.recent
         if compiled.state.final:
-            self.step("completed", to_state=target)
-            return entered.evolve(status="completed", ended_at=self.now)
-        for t in compiled.timers:
-            self.timers.append(TimerSet(
-                id=timer_id(entered.id, entered.seq, t.index),
-                instance_id=entered.id,
-                due_at=self.now + timedelta(milliseconds=t.timer.delay_ms),
-                state=target,
-                seq=entered.seq,
-                idx=t.index,
-                delay=t.timer.text,
-            ))
+            steps.append(_tuple(Step, ("completed", now, event.id, event.type, None, target, None)))
+            fields["status"] = "completed"
+            fields["ended_at"] = now
+        elif compiled.timers:
+            prefix = f"{instance_id}:{seq}:t"  # timer_id() of each
+            self.timers += [_tuple(TimerSet, (f"{prefix}{t.index}", instance_id, now + t.delay, target, seq, t.index,
+                                              t.timer.text)) for t in compiled.timers]
         return entered
 
     def fail(self, instance: Instance, error: ExpressionError, where: str) -> Decision:
@@ -162,15 +169,13 @@ class _Run:
             self.cancel_timers(instance)  # an instance that never entered a state set no timers
         message = f"{where}: {error}"
         self.step("failed", from_state=instance.state, detail=message)
-        failed = instance.evolve(status="failed", ended_at=self.now, error=message)
+        failed = instance.evolve(status="failed", ended_at=self.now, error=message, recent_events=self.recent)
         return self.decision("failed", message, failed)
 
-    def decision(self, outcome: Any, reason: str, instance: Instance | None) -> Decision:
-        if instance is not None:
-            recent = (*instance.recent_events, self.event.id)[-RECENT_EVENTS:]
-            instance = instance.evolve(recent_events=recent)
-        return Decision(outcome, reason, instance, tuple(self.steps), tuple(self.actions), tuple(self.timers),
-                        tuple(self.cancelled))
+    def decision(self, outcome: Any, reason: str, instance: Instance) -> Decision:
+        """The Decision; *instance* already remembers the event (see enter and recent)."""
+        return _tuple(Decision, (outcome, reason, instance, tuple(self.steps), tuple(self.actions),
+                                 tuple(self.timers), tuple(self.cancelled)))
 
 
 def _ignored(reason: str, instance: Instance | None = None) -> Decision:
@@ -178,11 +183,14 @@ def _ignored(reason: str, instance: Instance | None = None) -> Decision:
     return Decision("duplicate" if reason.startswith("duplicate") else "ignored", reason, instance)
 
 
+def _remembered(instance: Instance, event: Event) -> tuple[str, ...]:
+    return (*instance.recent_events, event.id)[-RECENT_EVENTS:]
+
+
 def _seen(reason: str, instance: Instance, event: Event) -> Decision:
     """Nothing to do, but the instance remembers the event: delivered again later, in another
     state, it must still change nothing."""
-    recent = (*instance.recent_events, event.id)[-RECENT_EVENTS:]
-    return Decision("ignored", reason, instance.evolve(recent_events=recent))
+    return Decision("ignored", reason, instance.evolve(recent_events=_remembered(instance, event)))
 
 
 # Every new instance is a copy of this one with its own fields (cheaper than __init__).
@@ -204,15 +212,24 @@ def _start(
             ready = history.last_ended_at + timedelta(milliseconds=reentry.cooldown_ms)
             if now < ready:
                 return Decision("not_started", f"in cooldown until {ready.isoformat()} (reentry: {reentry.text})")
-    scope = {"event": event.view, "contact": _contact_scope(contact), "journey": cj.view, "now": now}
+    scope: dict[str, Any] | None = None
     try:
-        if not any(_holds(t.guard, scope) for t in triggers):
+        for trigger in triggers:
+            guard = trigger.guard
+            if guard is None:
+                break
+            if scope is None:
+                scope = {"event": event.view, "contact": _contact_scope(contact), "journey": cj.view, "now": now}
+            if guard.run(scope):
+                break
+        else:
             return Decision("not_started", f"no trigger guard on {event.type} holds")
         subject = subject_of(cj, event, contact)
     except ExpressionError as exc:
         return Decision("not_started", f"trigger or subject failed: {exc}")
     if subject is None:
         return Decision("not_started", f"no subject for {cj.journey.subject!r} in this event")
+    captured: dict[str, Any] = {}
     instance = _NEW.evolve(
         id=instance_id_for(cj.id, cj.version, subject, event.id),
         journey=cj.id,
@@ -222,16 +239,15 @@ def _start(
         started_at=now,
         entered_at=now,
         contact_id=contact.id if contact is not None else event.contact_id,
+        vars=MappingProxyType(captured),  # a view: filled below, never changed after
     )
-    run = _Run(cj, event, now, contact)
-    captured: dict[str, Any] = {}
+    run = _Run(cj, event, now, contact, (event.id,))
     try:
         if cj.vars:
-            # each var sees the ones above it
-            scope = run.scope(instance, captured)
+            # each var sees the ones above it, through the view
+            scope = run.scope(instance)
             for name, value in cj.vars:
-                captured[name] = value(scope) if isinstance(value, Value) else value
-        instance = instance.evolve(vars=MappingProxyType(captured))
+                captured[name] = value.run(scope) if isinstance(value, Value) else value
         started = run.enter(instance, cj.journey.initial, (), "started")
     except ExpressionError as exc:
         return run.fail(instance.evolve(vars=MappingProxyType(dict(captured))), exc, "starting")
@@ -243,7 +259,7 @@ def _first(
 ) -> Guarded | CompiledTransition | None:
     for rule in rules:
         guard = rule.guard
-        if guard is None or guard(run.lazy_scope(instance)):
+        if guard is None or guard.run(run.lazy_scope(instance)):
             return rule
     return None
 
@@ -261,7 +277,7 @@ def _advance(
         progress = advance(message_status, event.type)
         if not progress.forward:
             return _seen(f"stale status: {progress.reason}", instance, event)
-    run = _Run(cj, event, now, contact)
+    run = _Run(cj, event, now, contact, _remembered(instance, event))
     state = cj.states[instance.state]
     current = instance
     try:
@@ -271,10 +287,10 @@ def _advance(
             and goal.on == event.type
             and instance.goal_reached_at is None
             and now - instance.started_at <= timedelta(milliseconds=goal.within_ms)
-            and (cj.goal_guard is None or cj.goal_guard(run.lazy_scope(instance)))
+            and (cj.goal_guard is None or cj.goal_guard.run(run.lazy_scope(instance)))
         ):
             run.step("goal", from_state=instance.state, detail=f"goal {goal.on} reached")
-            current = current.evolve(goal_reached_at=now)
+            current = current.evolve(goal_reached_at=now, recent_events=run.recent)
         exit_rule = _first(cj.exits.get(event.type, ()), run, instance)
         if isinstance(exit_rule, Guarded):
             run.cancel_timers(current)
@@ -282,7 +298,7 @@ def _advance(
                 ended = run.enter(current, exit_rule.to, (), "exited")
                 return run.decision("ended", f"exit on {event.type} to {exit_rule.to}", ended)
             run.step("exited", from_state=current.state)
-            ended = current.evolve(status="exited", ended_at=now)
+            ended = current.evolve(status="exited", ended_at=now, recent_events=run.recent)
             return run.decision("ended", f"exit on {event.type}", ended)
         transition = _first(state.on.get(event.type, ()), run, instance)
         if isinstance(transition, CompiledTransition):
@@ -307,11 +323,10 @@ def _fire_timer(
     index = data.get("index")
     if state is None or data.get("state") != instance.state or not isinstance(index, int):
         return _seen("stale timer: unknown state or index", instance, event)
-    timers = [t for t in state.timers if t.index == index]
-    if not timers:
+    if not 0 <= index < len(state.timers):  # timers are numbered by their place in the state
         return _seen("stale timer: the state has no such timer", instance, event)
-    timer = timers[0]
-    run = _Run(cj, event, now, contact)
+    timer = state.timers[index]
+    run = _Run(cj, event, now, contact, _remembered(instance, event))
     try:
         run.cancel_timers(instance)
         moved = run.enter(instance, timer.timer.to, timer.do, "transition")
@@ -337,17 +352,6 @@ def decide(
     *history* says whether earlier instances of it ended, for ``reentry``.
     *message_status* is the status of the message the event is about, before it.
     """
-    token = open_budget()
-    try:
-        return _decide(cj, instance, event, now, contact, history, message_status)
-    finally:
-        close_budget(token)
-
-
-def _decide(
-    cj: CompiledJourney, instance: Instance | None, event: Event, now: datetime, contact: Contact | None,
-    history: History, message_status: str | None,
-) -> Decision:
     if instance is not None and event.id in instance.recent_events:
         # also for an ended instance: the event that ended it must not start it again
         return _ignored(f"duplicate: event {event.id} was applied already", instance if instance.active else None)

@@ -99,7 +99,11 @@ class JourneySandbox(ImmutableSandboxedEnvironment):
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         _spend()
-        # Data first: event.data.items is the key "items", not dict.items.
+        return self.lookup(obj, attribute)
+
+    def lookup(self, obj: Any, attribute: str) -> Any:
+        """``obj.attribute`` with the sandbox's checks, uncounted. Data first: ``event.data.items``
+        is the key "items", not ``dict.items``."""
         kind = type(obj)
         if (kind is dict or kind is MappingProxyType or isinstance(obj, Mapping)) and attribute in obj:
             return obj[attribute]
@@ -107,6 +111,10 @@ class JourneySandbox(ImmutableSandboxedEnvironment):
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         _spend()
+        return super().getitem(obj, argument)
+
+    def lookup_item(self, obj: Any, argument: Any) -> Any:
+        """``obj[argument]`` with the sandbox's checks, uncounted."""
         return super().getitem(obj, argument)
 
     def call(self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -150,34 +158,45 @@ def _run(fn: Callable[..., Any], *args: Any) -> Any:
     if budget is None:
         token = _work.set([MAX_WORK])
     else:
-        budget[0] = MAX_WORK  # inside open_budget(): refill in place, cheaper than a new context
+        budget[0] = MAX_WORK  # an evaluation inside another (a filter rendering): refill in place
     try:
         return fn(*args)
     except ExpressionError:
         raise
-    except TemplateError as exc:
-        raise ExpressionError(exc.message or type(exc).__name__) from exc
-    except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError, RecursionError) as exc:
-        raise ExpressionError(f"{type(exc).__name__}: {exc}") from exc
+    except _FAILURES as exc:
+        raise _expression_error(exc) from exc
     finally:
         if token is not None:
             _work.reset(token)
 
 
+# Every way an evaluation can fail, and how each is reported.
+_FAILURES = (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError, RecursionError)
+
+
+def _expression_error(exc: BaseException) -> ExpressionError:
+    if isinstance(exc, TemplateError):
+        return ExpressionError(exc.message or type(exc).__name__)
+    return ExpressionError(f"{type(exc).__name__}: {exc}")
+
+
+def _budgeted(fn: Callable[[Mapping[str, Any]], Any]) -> Callable[[Mapping[str, Any]], Any]:
+    def run(scope: Mapping[str, Any]) -> Any:
+        return _run(fn, scope)
+
+    return run
+
+
 @dataclass(frozen=True)
 class Expression:
-    """A compiled expression (a guard, a subject); evaluate with :meth:`__call__`."""
+    """A compiled expression (a guard, a subject); evaluate with :meth:`__call__`, or call
+    :attr:`run` directly where every call counts (the interpreter)."""
 
     source: str
-    _fn: Callable[..., Any]
-    # the same expression as a plain closure over the sandbox hooks (see engine.fastexpr)
-    _fast: Callable[[Mapping[str, Any]], Any] | None = None
+    run: Callable[[Mapping[str, Any]], Any]
 
     def __call__(self, scope: Mapping[str, Any]) -> Any:
-        fast = self._fast
-        if fast is not None:
-            return _run_fast(fast, scope)
-        return _run(lambda: _defined(self._fn(**scope)))
+        return self.run(scope)
 
 
 @dataclass(frozen=True)
@@ -185,42 +204,12 @@ class Template:
     """A compiled template (a var, an action input); render with :meth:`__call__`."""
 
     source: str
-    _template: Any
+    run: Callable[[Mapping[str, Any]], str]
     # Plain text with no Jinja in it renders to itself, without the sandbox.
-    constant: str | None
-    _fast: Callable[[Mapping[str, Any]], Any] | None = None
+    constant: str | None = None
 
     def __call__(self, scope: Mapping[str, Any]) -> str:
-        if self.constant is not None:
-            return self.constant
-        fast = self._fast
-        if fast is not None:
-            out = str(_run_fast(fast, scope))
-            if len(out) > MAX_OUTPUT:
-                raise ExpressionError(f"template output over {MAX_OUTPUT} characters")
-            return out
-        return str(_run(lambda: _render(self._template, scope)))
-
-
-def _evaluate(fn: Callable[[Mapping[str, Any]], Any], scope: Mapping[str, Any]) -> Any:
-    return _defined(fn(scope))
-
-
-def _run_fast(fn: Callable[[Mapping[str, Any]], Any], scope: Mapping[str, Any]) -> Any:
-    return _run(_evaluate, fn, scope)
-
-
-def open_budget() -> contextvars.Token[list[int] | None]:
-    """Hold one budget cell for many evaluations (each still gets MAX_WORK); pair with close_budget.
-
-    A plain token rather than a context manager: this runs once per decision, and a
-    generator-based context manager costs more than the decision's own bookkeeping.
-    """
-    return _work.set([MAX_WORK])
-
-
-def close_budget(token: contextvars.Token[list[int] | None]) -> None:
-    _work.reset(token)
+        return self.run(scope)
 
 
 def _defined(value: Any) -> Any:
@@ -253,7 +242,21 @@ def compile_expression(source: str) -> Expression:
         tree = Parser(env, source, state="variable").parse_expression()
     except TemplateError as exc:
         raise ExpressionError(f"cannot compile {source!r}: {exc}") from exc
-    return Expression(source, compiled, fastexpr.compile_expression(env, tree))
+    return Expression(source, _expression_run(env, compiled, tree, value=False))
+
+
+def _expression_run(env: JourneySandbox, compiled: Callable[..., Any], tree: nodes.Expr,
+                    value: bool) -> Callable[[Mapping[str, Any]], Any]:
+    """The generated function where the expression has a supported shape (see fastexpr), else Jinja's."""
+    fast = fastexpr.compile_expression(env, tree, _SUPPORT, value=value)
+    if fast is not None:
+        return _budgeted(fast.fn) if fast.spends else fast.fn
+
+    def run(scope: Mapping[str, Any]) -> Any:
+        result = _run(lambda: _defined(compiled(**scope)))
+        return plain(result) if value else result
+
+    return run
 
 
 def compile_template(source: str, *, html: bool = False) -> Template:
@@ -271,8 +274,14 @@ def compile_template(source: str, *, html: bool = False) -> Template:
             and all(isinstance(n, nodes.TemplateData) for n in ast.body[0].nodes)
         ):
             constant = "".join(n.data for n in ast.body[0].nodes if isinstance(n, nodes.TemplateData))
-        fast = None if html else fastexpr.compile_template(env, ast)
-        return Template(source, env.from_string(ast), constant, fast)
+        if constant is not None:
+            text = constant
+            return Template(source, lambda scope: text, constant)
+        fast = None if html else fastexpr.compile_template(env, ast, _SUPPORT)
+        if fast is not None:
+            return Template(source, _budgeted(fast.fn) if fast.spends else fast.fn)
+        template = env.from_string(ast)
+        return Template(source, lambda scope: str(_run(lambda: _render(template, scope))))
     except TemplateError as exc:
         raise ExpressionError(f"cannot compile template: {exc}") from exc
 
@@ -294,27 +303,40 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+def _too_long() -> ExpressionError:
+    return ExpressionError(f"template output over {MAX_OUTPUT} characters")
+
+
+# What generated functions (engine.fastexpr) use to finish: error mapping, plain(), bounds.
+_SUPPORT: Mapping[str, Any] = MappingProxyType({
+    "_isinstance": isinstance, "_len": len, "_Undefined": Undefined, "_plain": plain,
+    "_SCALARS": frozenset({str, int, float, bool, type(None)}), "_MAX_OUTPUT": MAX_OUTPUT, "_too_long": _too_long,
+    "_ExpressionError": ExpressionError, "_FAILURES": _FAILURES, "_error": _expression_error,
+})
+
+
 @dataclass(frozen=True)
 class Value:
     """A var or an action input: ``"{{ expr }}"`` keeps the expression's type (a number stays
-    a number); any other text renders as a string."""
+    a number, made JSON-ready by :func:`plain`); any other text renders as a string."""
 
     source: str
-    _expression: Expression | None
-    _template: Template | None
+    run: Callable[[Mapping[str, Any]], Any]
 
     def __call__(self, scope: Mapping[str, Any]) -> Any:
-        if self._expression is not None:
-            return plain(self._expression(scope))
-        assert self._template is not None
-        return self._template(scope)
+        return self.run(scope)
 
 
 def compile_value(source: str) -> Value:
     match = _SINGLE.match(source)
     if match:
+        expr = match["expr"]
+        env = environment()
         try:
-            return Value(source, compile_expression(match["expr"]), None)
-        except ExpressionError:
+            if len(expr) <= expressions.MAX_EXPRESSION_LENGTH:
+                compiled = env.compile_expression(expr, undefined_to_none=False)
+                tree = Parser(env, expr, state="variable").parse_expression()
+                return Value(source, _expression_run(env, compiled, tree, value=True))
+        except TemplateError:
             pass  # not a lone expression after all (e.g. a filter block); render as text
-    return Value(source, None, compile_template(source))
+    return Value(source, compile_template(source).run)

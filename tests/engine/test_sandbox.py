@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import pytest
+from jinja2 import Undefined
 
-from engine.sandbox import compile_expression, compile_template, compile_value
+from engine.sandbox import compile_expression, compile_template, compile_value, environment
 from journeys.errors import ExpressionError
 
 SCOPE: dict[str, Any] = {
@@ -99,3 +102,43 @@ def test_immutable() -> None:
     with pytest.raises(ExpressionError, match="unsafe"):
         compile_expression("event.data.items.append(4)")(SCOPE)
     assert SCOPE["event"]["data"]["items"] == [1, 2, 3]
+
+
+PARITY_SCOPE: dict[str, Any] = {
+    **SCOPE,
+    "now": datetime(2026, 11, 27, 18, 30, tzinfo=UTC),
+    "instance": MappingProxyType({"state": "remind", "seq": 2}),
+}
+
+
+@pytest.mark.parametrize("source", [
+    "event.data.n > 0",
+    "event.data['n'] * 2",
+    "event.data.items[1]",
+    "event.data.items | length",
+    "'help' in (event.text | lower)",
+    "now.hour >= 18 and now.minute == 30",
+    "instance.state == 'remind'",
+    "contact.attributes.tier | default('basic')",
+    "vars.invoice_id ~ '-' ~ event.data.n",
+    "event.data.n if event.type == 'message.received' else 0",
+    "range(3) | list",
+    "[event.data.n, {'k': vars.invoice_id}]",
+    "not contact.attributes",
+])
+def test_generated_code_agrees_with_jinja(source: str) -> None:
+    """Most expressions run as generated Python (engine.fastexpr), the rest through Jinja:
+    both must give the same value."""
+    jinja = environment().compile_expression(source, undefined_to_none=False)
+    assert compile_expression(source)(PARITY_SCOPE) == jinja(**PARITY_SCOPE)
+
+
+@pytest.mark.parametrize("source", ["event.data.missing", "nothing.here", "now.__class__", "event.data.n / 0"])
+def test_generated_code_fails_where_jinja_fails(source: str) -> None:
+    jinja = environment().compile_expression(source, undefined_to_none=False)
+    with pytest.raises(Exception):  # noqa: B017 - Jinja's own error types vary; ours is always one
+        result = jinja(**PARITY_SCOPE)
+        if isinstance(result, Undefined):
+            str(result)
+    with pytest.raises(ExpressionError):
+        compile_expression(source)(PARITY_SCOPE)
