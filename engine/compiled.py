@@ -121,6 +121,7 @@ class CompiledJourney:
     # the journey's own, copied here: the interpreter reads them on every decision
     id: str
     version: int
+    goal_within: timedelta
 
     def listens_to(self, event_type: str) -> bool:
         return event_type in self.triggers
@@ -173,4 +174,5 @@ def compile_journey(journey: Journey) -> CompiledJourney:
         view=MappingProxyType({"id": journey.id, "version": journey.version}),
         id=journey.id,
         version=journey.version,
+        goal_within=timedelta(milliseconds=journey.goal.within_ms if journey.goal is not None else 0),
     )

@@ -112,11 +112,14 @@ class _Run:
         timers = self.cj.states[instance.state].timers
         if timers:
             prefix = f"{instance.id}:{instance.seq}:t"  # timer_id() of each
-            self.cancelled += [f"{prefix}{t.index}" for t in timers]
+            self.cancelled = [f"{prefix}{t.index}" for t in timers] if not self.cancelled else [
+                *self.cancelled, *(f"{prefix}{t.index}" for t in timers)]
 
-    def enter(self, instance: Instance, target: str, do: tuple[CompiledAction, ...], kind: Any) -> Instance:
+    def enter(self, instance: Instance, target: str, do: tuple[CompiledAction, ...], kind: Any,
+              fresh: bool = False) -> Instance:
         """Leave the current state (when active) and enter *target*: do, enter, timers. The
-        instance returned remembers this event.
+        instance returned remembers this event. A *fresh* instance (made by this decision,
+        seen by nobody yet) is filled in place instead of copied.
 
         Written out in one function, tuples built without their NamedTuple constructors and
         the instance copied by hand: this is the interpreter's inner loop."""
@@ -144,9 +147,13 @@ class _Run:
                     inputs = action.render(scope)
                 append(_tuple(ScheduledAction, (f"{prefix}{index}", call.action, instance_id, target, seq, index,
                                                 inputs, call.retry, priority)))
-        entered = _object_new(Instance)
-        fields = entered.__dict__
-        fields.update(instance.__dict__)
+        if fresh:
+            entered = instance
+            fields = entered.__dict__
+        else:
+            entered = _object_new(Instance)
+            fields = entered.__dict__
+            fields.update(instance.__dict__)
         fields["state"] = target
         fields["seq"] = seq
         fields["entered_at"] = now
@@ -248,8 +255,9 @@ def _start(
             scope = run.scope(instance)
             for name, value in cj.vars:
                 captured[name] = value.run(scope) if isinstance(value, Value) else value
-        started = run.enter(instance, cj.journey.initial, (), "started")
+        started = run.enter(instance, cj.journey.initial, (), "started", fresh=True)
     except ExpressionError as exc:
+        # enter() fills the fresh instance only after everything that can fail
         return run.fail(instance.evolve(vars=MappingProxyType(dict(captured))), exc, "starting")
     return run.decision("started", f"started by {event.type}", started)
 
@@ -264,53 +272,73 @@ def _first(
     return None
 
 
+_NO_RULES: tuple[Any, ...] = ()
+
+
+# The statuses a message that was reported sent can still move forward to.
+_FORWARD_FROM_SENT = frozenset({"message.delivered", "message.read", "message.failed"})
+
+
+def _forward(status: str | None, kind: str) -> bool:
+    """``advance(status, kind).forward`` for the common cases (a first report; a delivery or a
+    failure after sent) without building the Progress; anything else asks advance()."""
+    if status is None:
+        return True
+    if status == "sent":
+        return kind in _FORWARD_FROM_SENT
+    return advance(status, kind).forward
+
+
 def _advance(
     cj: CompiledJourney, instance: Instance, event: Event, now: datetime, contact: Contact | None,
     message_status: str | None,
 ) -> Decision:
-    if event.type == TIMER_FIRED:
+    kind = event.type
+    if kind == TIMER_FIRED:
         return _fire_timer(cj, instance, event, now, contact)
-    owner = event.data.get("instance_id") if event.type == "action.failed" else None
-    if owner is not None and owner != instance.id:
-        return _ignored("action.failed of another instance", instance)
-    if event.message_id is not None and event.type in STATUS_OF_TYPE:
-        progress = advance(message_status, event.type)
-        if not progress.forward:
-            return _seen(f"stale status: {progress.reason}", instance, event)
+    if kind == "action.failed":
+        owner = event.data.get("instance_id")
+        if owner is not None and owner != instance.id:
+            return _ignored("action.failed of another instance", instance)
+    if event.message_id is not None and kind in STATUS_OF_TYPE and not _forward(message_status, kind):
+        return _seen(f"stale status: {advance(message_status, kind).reason}", instance, event)
+    exits = cj.exits.get(kind, _NO_RULES)
+    transitions = cj.states[instance.state].on.get(kind, _NO_RULES)
+    goal = cj.journey.goal
+    if not exits and not transitions and (goal is None or goal.on != kind):
+        return _seen(f"state {instance.state} has no transition on {kind}", instance, event)
     run = _Run(cj, event, now, contact, _remembered(instance, event))
-    state = cj.states[instance.state]
     current = instance
     try:
-        goal = cj.journey.goal
         if (
             goal is not None
-            and goal.on == event.type
+            and goal.on == kind
             and instance.goal_reached_at is None
-            and now - instance.started_at <= timedelta(milliseconds=goal.within_ms)
+            and now - instance.started_at <= cj.goal_within
             and (cj.goal_guard is None or cj.goal_guard.run(run.lazy_scope(instance)))
         ):
             run.step("goal", from_state=instance.state, detail=f"goal {goal.on} reached")
             current = current.evolve(goal_reached_at=now, recent_events=run.recent)
-        exit_rule = _first(cj.exits.get(event.type, ()), run, instance)
+        exit_rule = _first(exits, run, instance) if exits else None
         if isinstance(exit_rule, Guarded):
             run.cancel_timers(current)
             if exit_rule.to is not None:
                 ended = run.enter(current, exit_rule.to, (), "exited")
-                return run.decision("ended", f"exit on {event.type} to {exit_rule.to}", ended)
+                return run.decision("ended", f"exit on {kind} to {exit_rule.to}", ended)
             run.step("exited", from_state=current.state)
             ended = current.evolve(status="exited", ended_at=now, recent_events=run.recent)
-            return run.decision("ended", f"exit on {event.type}", ended)
-        transition = _first(state.on.get(event.type, ()), run, instance)
+            return run.decision("ended", f"exit on {kind}", ended)
+        transition = _first(transitions, run, instance) if transitions else None
         if isinstance(transition, CompiledTransition):
             run.cancel_timers(current)
             moved = run.enter(current, transition.to, transition.do, "transition")
-            outcome = "ended" if not moved.active else "transitioned"
-            return run.decision(outcome, f"{event.type}: {instance.state} -> {transition.to}", moved)
+            outcome = "transitioned" if moved.status == "active" else "ended"
+            return run.decision(outcome, f"{kind}: {instance.state} -> {transition.to}", moved)
     except ExpressionError as exc:
-        return run.fail(instance, exc, f"in state {instance.state} on {event.type}")
+        return run.fail(instance, exc, f"in state {instance.state} on {kind}")
     if current is not instance:
-        return run.decision("goal", f"goal {event.type} reached", current)
-    return _seen(f"state {instance.state} has no transition on {event.type}", instance, event)
+        return run.decision("goal", f"goal {kind} reached", current)
+    return _seen(f"state {instance.state} has no transition on {kind}", instance, event)
 
 
 def _fire_timer(
@@ -332,7 +360,7 @@ def _fire_timer(
         moved = run.enter(instance, timer.timer.to, timer.do, "transition")
     except ExpressionError as exc:
         return run.fail(instance, exc, f"in state {instance.state} after {timer.timer.text}")
-    outcome = "ended" if not moved.active else "transitioned"
+    outcome = "transitioned" if moved.status == "active" else "ended"
     return run.decision(outcome, f"after {timer.timer.text}: {instance.state} -> {timer.timer.to}", moved)
 
 
@@ -355,7 +383,7 @@ def decide(
     if instance is not None and event.id in instance.recent_events:
         # also for an ended instance: the event that ended it must not start it again
         return _ignored(f"duplicate: event {event.id} was applied already", instance if instance.active else None)
-    if instance is not None and instance.active:
+    if instance is not None and instance.status == "active":
         if instance.journey != cj.id or instance.version != cj.version:
             return _ignored(f"instance is on {instance.journey} v{instance.version}", instance)
         return _advance(cj, instance, event, now, contact, message_status)
