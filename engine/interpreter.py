@@ -197,7 +197,11 @@ def _remembered(instance: Instance, event: Event) -> tuple[str, ...]:
 def _seen(reason: str, instance: Instance, event: Event) -> Decision:
     """Nothing to do, but the instance remembers the event: delivered again later, in another
     state, it must still change nothing."""
-    return Decision("ignored", reason, instance.evolve(recent_events=_remembered(instance, event)))
+    seen = _object_new(Instance)
+    fields = seen.__dict__
+    fields.update(instance.__dict__)
+    fields["recent_events"] = _remembered(instance, event)
+    return _tuple(Decision, ("ignored", reason, seen, (), (), (), ()))
 
 
 # Every new instance is a copy of this one with its own fields (cheaper than __init__).
@@ -251,8 +255,14 @@ def _start(
     run = _Run(cj, event, now, contact, (event.id,))
     try:
         if cj.vars:
+            if scope is None:
+                scope = run.scope(instance)
+            else:
+                # the triggers' scope is done with: grow it into the instance's, not build another
+                scope["vars"] = instance.vars
+                scope["instance"] = {"id": instance.id, "state": instance.state, "status": instance.status,
+                                     "subject": instance.subject, "started_at": now, "entered_at": now}
             # each var sees the ones above it, through the view
-            scope = run.scope(instance)
             for name, value in cj.vars:
                 captured[name] = value.run(scope) if isinstance(value, Value) else value
         started = run.enter(instance, cj.journey.initial, (), "started", fresh=True)
