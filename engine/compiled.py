@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Any
 
 from engine.sandbox import Expression, Value, compile_expression, compile_value
-from journeys.model import ActionCall, Journey, State, Timer
+from journeys.model import ActionCall, Journey, RetryPolicy, State, Timer
 
 # Action inputs that are names or fixed words, never templates.
 _LITERAL_INPUTS = frozenset({"template", "method", "channels"})
@@ -68,6 +68,9 @@ def _renderer(inputs: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Mappin
 class CompiledAction:
     call: ActionCall
     inputs: Mapping[str, Any]  # the inputs with every template compiled (Value)
+    # call.action and call.retry, one attribute read away (the interpreter reads them per action)
+    name: str
+    retry: RetryPolicy
     # The inputs themselves when no template is in them: rendered once, shared by every
     # decision (read-only; the runtime and simulator copy what they keep).
     constant: Mapping[str, Any] | None = None
@@ -88,6 +91,7 @@ class CompiledTimer:
     timer: Timer
     do: tuple[CompiledAction, ...]
     delay: timedelta
+    text: str  # timer.text
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class CompiledState:
     enter: tuple[CompiledAction, ...]
     on: Mapping[str, tuple[CompiledTransition, ...]]
     timers: tuple[CompiledTimer, ...]
+    final: bool  # state.final
 
 
 @dataclass(frozen=True)
@@ -134,8 +139,8 @@ def _guard(source: str | None) -> Expression | None:
 def _action(call: ActionCall) -> CompiledAction:
     inputs = _compile_inputs(call.inputs)
     if _has_value(inputs):
-        return CompiledAction(call, inputs, render=_renderer(inputs))
-    return CompiledAction(call, inputs, constant=MappingProxyType(inputs))
+        return CompiledAction(call, inputs, call.action, call.retry, render=_renderer(inputs))
+    return CompiledAction(call, inputs, call.action, call.retry, constant=MappingProxyType(inputs))
 
 
 def _actions(calls: tuple[ActionCall, ...]) -> tuple[CompiledAction, ...]:
@@ -159,7 +164,8 @@ def compile_journey(journey: Journey) -> CompiledJourney:
                 event: tuple(CompiledTransition(t.to, _guard(t.when), _actions(t.do)) for t in transitions)
                 for event, transitions in state.on.items()
             },
-            timers=tuple(CompiledTimer(i, t, _actions(t.do), timedelta(milliseconds=t.delay_ms))
+            final=state.final,
+            timers=tuple(CompiledTimer(i, t, _actions(t.do), timedelta(milliseconds=t.delay_ms), t.text)
                          for i, t in enumerate(state.after)),
         )
     subject = journey.subject

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from engine.events import cached_view
 
@@ -15,9 +15,12 @@ ENDED: frozenset[str] = frozenset({"completed", "exited", "failed"})
 RECENT_EVENTS = 32
 
 
-@dataclass(frozen=True)
-class Instance:
-    """Where one subject is in one journey version. Replaced, never changed."""
+class Instance(NamedTuple):
+    """Where one subject is in one journey version. Replaced, never changed.
+
+    A NamedTuple rather than a frozen dataclass: every decision that moves an instance makes
+    a new one, and the interpreter builds it from the old one's fields in one tuple (the field
+    order is part of that: see engine.interpreter)."""
 
     id: str
     journey: str
@@ -30,7 +33,7 @@ class Instance:
     # Bumped on every entry into a state: names action keys and timers of that entry.
     seq: int = 1
     contact_id: str | None = None
-    vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    vars: Mapping[str, Any] = MappingProxyType({})  # read-only, so one empty default serves all
     ended_at: datetime | None = None
     goal_reached_at: datetime | None = None
     error: str | None = None
@@ -42,13 +45,8 @@ class Instance:
         return self.status == "active"
 
     def evolve(self, **changes: Any) -> Instance:
-        """A copy with *changes*: what ``dataclasses.replace`` does, without re-running the frozen
-        ``__init__`` field by field (it dominated the interpreter's profile)."""
-        new = object.__new__(Instance)
-        fields = new.__dict__
-        fields.update(self.__dict__)
-        fields.update(changes)
-        return new
+        """A copy with *changes*."""
+        return self._replace(**changes)
 
     def scope(self) -> dict[str, Any]:
         """What expressions see as ``instance``."""

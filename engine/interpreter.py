@@ -48,7 +48,6 @@ _NO_CONTACT: Mapping[str, Any] = MappingProxyType({})
 # A NamedTuple's own constructor is a Python function around this; the hot paths call it directly
 # with every field in order.
 _tuple = tuple.__new__
-_object_new = object.__new__
 
 
 def _contact_scope(contact: Contact | None) -> Mapping[str, Any]:
@@ -81,10 +80,12 @@ class _Run:
         self.contact = contact
         # The ids of the events the instance remembers once this one is applied, whatever the outcome.
         self.recent = recent
-        self.steps: list[Step] = []
-        self.actions: list[ScheduledAction] = []
-        self.timers: list[TimerSet] = []
-        self.cancelled: list[str] = []
+        # Tuples from the start (most decisions add one step, one action, one timer or none):
+        # the Decision takes them as they are.
+        self.steps: tuple[Step, ...] = ()
+        self.actions: tuple[ScheduledAction, ...] = ()
+        self.timers: tuple[TimerSet, ...] = ()
+        self.cancelled: tuple[str, ...] = ()
         self._scope: dict[str, Any] | None = None
 
     def scope(self, instance: Instance, state: str | None = None) -> dict[str, Any]:
@@ -105,21 +106,18 @@ class _Run:
 
     def step(self, kind: Any, from_state: str | None = None, to_state: str | None = None,
              detail: str | None = None) -> None:
-        self.steps.append(_tuple(Step, (kind, self.now, self.event.id, self.event.type, from_state, to_state,
-                                        detail)))
+        self.steps = (*self.steps, _tuple(Step, (kind, self.now, self.event.id, self.event.type, from_state,
+                                                 to_state, detail)))
 
     def cancel_timers(self, instance: Instance) -> None:
         timers = self.cj.states[instance.state].timers
         if timers:
             prefix = f"{instance.id}:{instance.seq}:t"  # timer_id() of each
-            self.cancelled = [f"{prefix}{t.index}" for t in timers] if not self.cancelled else [
-                *self.cancelled, *(f"{prefix}{t.index}" for t in timers)]
+            self.cancelled = (*self.cancelled, *[f"{prefix}{t.index}" for t in timers])
 
-    def enter(self, instance: Instance, target: str, do: tuple[CompiledAction, ...], kind: Any,
-              fresh: bool = False) -> Instance:
+    def enter(self, instance: Instance, target: str, do: tuple[CompiledAction, ...], kind: Any) -> Instance:
         """Leave the current state (when active) and enter *target*: do, enter, timers. The
-        instance returned remembers this event. A *fresh* instance (made by this decision,
-        seen by nobody yet) is filled in place instead of copied.
+        instance returned remembers this event.
 
         Written out in one function, tuples built without their NamedTuple constructors and
         the instance copied by hand: this is the interpreter's inner loop."""
@@ -127,51 +125,46 @@ class _Run:
         event = self.event
         seq = instance.seq + 1
         instance_id = instance.id
-        steps = self.steps
-        steps.append(_tuple(Step, (kind, now, event.id, event.type, None if kind == "started" else instance.state,
-                                   target, None)))
+        step = _tuple(Step, (kind, now, event.id, event.type, None if kind == "started" else instance.state,
+                             target, None))
         compiled = self.cj.states[target]
         actions = do + compiled.enter if do else compiled.enter  # do first; keys count on across both
         if actions:
             scope: dict[str, Any] | None = None
             priority = self.cj.journey.priority
             prefix = f"{instance_id}:{seq}:"  # action_key() of each
-            append = self.actions.append
+            scheduled: list[ScheduledAction] = []
+            append = scheduled.append
             for index, action in enumerate(actions):
-                call = action.call
                 inputs = action.constant
                 if inputs is None:
                     if scope is None:
                         scope = self.scope(instance, target)
                     assert action.render is not None
                     inputs = action.render(scope)
-                append(_tuple(ScheduledAction, (f"{prefix}{index}", call.action, instance_id, target, seq, index,
-                                                inputs, call.retry, priority)))
-        if fresh:
-            entered = instance
-            fields = entered.__dict__
+                append(_tuple(ScheduledAction, (f"{prefix}{index}", action.name, instance_id, target, seq, index,
+                                                inputs, action.retry, priority)))
+            self.actions = (*self.actions, *scheduled)
+        # the new instance, field by field in Instance's order
+        (_, journey, version, subject, _, status, started_at, _, _, contact_id, vars_, ended_at, goal_reached_at,
+         error, _) = instance
+        if compiled.final:
+            self.steps = (*self.steps, step, _tuple(Step, ("completed", now, event.id, event.type, None, target,
+                                                           None)))
+            status, ended_at = "completed", now
         else:
-            entered = _object_new(Instance)
-            fields = entered.__dict__
-            fields.update(instance.__dict__)
-        fields["state"] = target
-        fields["seq"] = seq
-        fields["entered_at"] = now
-        fields["recent_events"] = self.recent
-        if compiled.state.final:
-            steps.append(_tuple(Step, ("completed", now, event.id, event.type, None, target, None)))
-            fields["status"] = "completed"
-            fields["ended_at"] = now
-        elif compiled.timers:
-            prefix = f"{instance_id}:{seq}:t"  # timer_id() of each
-            self.timers += [_tuple(TimerSet, (f"{prefix}{t.index}", instance_id, now + t.delay, target, seq, t.index,
-                                              t.timer.text)) for t in compiled.timers]
-        return entered
+            self.steps = (*self.steps, step)
+            if compiled.timers:
+                prefix = f"{instance_id}:{seq}:t"  # timer_id() of each
+                self.timers = (*self.timers, *[
+                    _tuple(TimerSet, (f"{prefix}{t.index}", instance_id, now + t.delay, target, seq, t.index, t.text))
+                    for t in compiled.timers])
+        return _tuple(Instance, (instance_id, journey, version, subject, target, status, started_at, now, seq,
+                                 contact_id, vars_, ended_at, goal_reached_at, error, self.recent))
 
     def fail(self, instance: Instance, error: ExpressionError, where: str) -> Decision:
         # Nothing of this run is kept but the failure: no half-applied transition.
-        self.actions, self.timers, self.steps = [], [], []
-        self.cancelled = []
+        self.actions, self.timers, self.steps, self.cancelled = (), (), (), ()
         if instance.active and instance.seq > 0 and instance.state in self.cj.states:
             self.cancel_timers(instance)  # an instance that never entered a state set no timers
         message = f"{where}: {error}"
@@ -181,8 +174,7 @@ class _Run:
 
     def decision(self, outcome: Any, reason: str, instance: Instance) -> Decision:
         """The Decision; *instance* already remembers the event (see enter and recent)."""
-        return _tuple(Decision, (outcome, reason, instance, tuple(self.steps), tuple(self.actions),
-                                 tuple(self.timers), tuple(self.cancelled)))
+        return _tuple(Decision, (outcome, reason, instance, self.steps, self.actions, self.timers, self.cancelled))
 
 
 def _ignored(reason: str, instance: Instance | None = None) -> Decision:
@@ -197,16 +189,8 @@ def _remembered(instance: Instance, event: Event) -> tuple[str, ...]:
 def _seen(reason: str, instance: Instance, event: Event) -> Decision:
     """Nothing to do, but the instance remembers the event: delivered again later, in another
     state, it must still change nothing."""
-    seen = _object_new(Instance)
-    fields = seen.__dict__
-    fields.update(instance.__dict__)
-    fields["recent_events"] = _remembered(instance, event)
+    seen = _tuple(Instance, (*instance[:-1], _remembered(instance, event)))  # recent_events is the last field
     return _tuple(Decision, ("ignored", reason, seen, (), (), (), ()))
-
-
-# Every new instance is a copy of this one with its own fields (cheaper than __init__).
-_NEW = Instance(id="", journey="", version=0, subject="", state="", status="active",
-                started_at=datetime.min, entered_at=datetime.min, seq=0)
 
 
 def _start(
@@ -241,17 +225,11 @@ def _start(
     if subject is None:
         return Decision("not_started", f"no subject for {cj.journey.subject!r} in this event")
     captured: dict[str, Any] = {}
-    instance = _NEW.evolve(
-        id=instance_id_for(cj.id, cj.version, subject, event.id),
-        journey=cj.id,
-        version=cj.version,
-        subject=subject,
-        state=cj.journey.initial,
-        started_at=now,
-        entered_at=now,
-        contact_id=contact.id if contact is not None else event.contact_id,
-        vars=MappingProxyType(captured),  # a view: filled below, never changed after
-    )
+    instance = _tuple(Instance, (
+        instance_id_for(cj.id, cj.version, subject, event.id), cj.id, cj.version, subject, cj.journey.initial,
+        "active", now, now, 0, contact.id if contact is not None else event.contact_id,
+        MappingProxyType(captured),  # a view: filled below, never changed after
+        None, None, None, ()))
     run = _Run(cj, event, now, contact, (event.id,))
     try:
         if cj.vars:
@@ -265,9 +243,8 @@ def _start(
             # each var sees the ones above it, through the view
             for name, value in cj.vars:
                 captured[name] = value.run(scope) if isinstance(value, Value) else value
-        started = run.enter(instance, cj.journey.initial, (), "started", fresh=True)
+        started = run.enter(instance, cj.journey.initial, (), "started")
     except ExpressionError as exc:
-        # enter() fills the fresh instance only after everything that can fail
         return run.fail(instance.evolve(vars=MappingProxyType(dict(captured))), exc, "starting")
     return run.decision("started", f"started by {event.type}", started)
 
