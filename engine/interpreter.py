@@ -116,8 +116,8 @@ class _Run:
             self.cancelled = (*self.cancelled, *[f"{prefix}{t.index}" for t in timers])
 
     def enter(self, instance: Instance, target: str, do: tuple[CompiledAction, ...], kind: Any) -> Instance:
-        """Leave the current state (when active) and enter *target*: do, enter, timers. The
-        instance returned remembers this event.
+        """Leave the current state (cancelling its timers) unless *kind* is "started", and enter
+        *target*: do, enter, timers. The instance returned remembers this event.
 
         Written out in one function, tuples built without their NamedTuple constructors and
         the instance copied by hand: this is the interpreter's inner loop."""
@@ -125,8 +125,11 @@ class _Run:
         event = self.event
         seq = instance.seq + 1
         instance_id = instance.id
-        step = _tuple(Step, (kind, now, event.id, event.type, None if kind == "started" else instance.state,
-                             target, None))
+        if kind == "started":
+            step = _tuple(Step, (kind, now, event.id, event.type, None, target, None))
+        else:
+            step = _tuple(Step, (kind, now, event.id, event.type, instance.state, target, None))
+            self.cancel_timers(instance)
         compiled = self.cj.states[target]
         actions = do + compiled.enter if do else compiled.enter  # do first; keys count on across both
         if actions:
@@ -259,6 +262,7 @@ def _first(
     return None
 
 
+
 _NO_RULES: tuple[Any, ...] = ()
 
 
@@ -294,7 +298,7 @@ def _advance(
     goal = cj.journey.goal
     if not exits and not transitions and (goal is None or goal.on != kind):
         return _seen(f"state {instance.state} has no transition on {kind}", instance, event)
-    run = _Run(cj, event, now, contact, _remembered(instance, event))
+    run = _Run(cj, event, now, contact, (*instance.recent_events, event.id)[-RECENT_EVENTS:])
     current = instance
     try:
         if (
@@ -306,18 +310,19 @@ def _advance(
         ):
             run.step("goal", from_state=instance.state, detail=f"goal {goal.on} reached")
             current = current.evolve(goal_reached_at=now, recent_events=run.recent)
-        exit_rule = _first(exits, run, instance) if exits else None
+        # the first rule without a guard is taken without a call: the common case
+        exit_rule = (exits[0] if exits[0].guard is None else _first(exits, run, instance)) if exits else None
         if isinstance(exit_rule, Guarded):
-            run.cancel_timers(current)
             if exit_rule.to is not None:
                 ended = run.enter(current, exit_rule.to, (), "exited")
                 return run.decision("ended", f"exit on {kind} to {exit_rule.to}", ended)
+            run.cancel_timers(current)
             run.step("exited", from_state=current.state)
             ended = current.evolve(status="exited", ended_at=now, recent_events=run.recent)
             return run.decision("ended", f"exit on {kind}", ended)
-        transition = _first(transitions, run, instance) if transitions else None
+        transition = (transitions[0] if transitions[0].guard is None else _first(transitions, run, instance)
+                      ) if transitions else None
         if isinstance(transition, CompiledTransition):
-            run.cancel_timers(current)
             moved = run.enter(current, transition.to, transition.do, "transition")
             outcome = "transitioned" if moved.status == "active" else "ended"
             return run.decision(outcome, f"{kind}: {instance.state} -> {transition.to}", moved)
@@ -343,7 +348,6 @@ def _fire_timer(
     timer = state.timers[index]
     run = _Run(cj, event, now, contact, _remembered(instance, event))
     try:
-        run.cancel_timers(instance)
         moved = run.enter(instance, timer.timer.to, timer.do, "transition")
     except ExpressionError as exc:
         return run.fail(instance, exc, f"in state {instance.state} after {timer.timer.text}")
