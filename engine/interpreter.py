@@ -14,7 +14,7 @@ in ``failed``; it never raises out of here.
 
 from __future__ import annotations
 
-import hashlib
+from hashlib import sha256 as _sha256
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -31,8 +31,7 @@ from journeys.events import TIMER_FIRED
 
 
 def instance_id_for(journey: str, version: int, subject: str, event_id: str) -> str:
-    digest = hashlib.sha256(f"{journey}\x1f{version}\x1f{subject}\x1f{event_id}".encode()).hexdigest()
-    return f"i-{digest[:24]}"
+    return "i-" + _sha256(f"{journey}\x1f{version}\x1f{subject}\x1f{event_id}".encode()).hexdigest()[:24]
 
 
 def timer_id(instance_id: str, seq: int, index: int) -> str:
@@ -113,7 +112,10 @@ class _Run:
         timers = self.cj.states[instance.state].timers
         if timers:
             prefix = f"{instance.id}:{instance.seq}:t"  # timer_id() of each
-            self.cancelled = (*self.cancelled, *[f"{prefix}{t.index}" for t in timers])
+            if len(timers) == 1 and not self.cancelled:  # the common case, without a comprehension
+                self.cancelled = (f"{prefix}{timers[0].index}",)
+            else:
+                self.cancelled = (*self.cancelled, *[f"{prefix}{t.index}" for t in timers])
 
     def enter(self, instance: Instance, target: str, do: tuple[CompiledAction, ...], kind: Any) -> Instance:
         """Leave the current state (cancelling its timers) unless *kind* is "started", and enter
@@ -157,11 +159,17 @@ class _Run:
             status, ended_at = "completed", now
         else:
             self.steps = (*self.steps, step)
-            if compiled.timers:
+            timers = compiled.timers
+            if timers:
                 prefix = f"{instance_id}:{seq}:t"  # timer_id() of each
-                self.timers = (*self.timers, *[
-                    _tuple(TimerSet, (f"{prefix}{t.index}", instance_id, now + t.delay, target, seq, t.index, t.text))
-                    for t in compiled.timers])
+                if len(timers) == 1:  # the common case, without a comprehension
+                    t = timers[0]
+                    self.timers = (*self.timers, _tuple(TimerSet, (f"{prefix}{t.index}", instance_id, now + t.delay,
+                                                                   target, seq, t.index, t.text)))
+                else:
+                    self.timers = (*self.timers, *[
+                        _tuple(TimerSet, (f"{prefix}{t.index}", instance_id, now + t.delay, target, seq, t.index,
+                                          t.text)) for t in timers])
         return _tuple(Instance, (instance_id, journey, version, subject, target, status, started_at, now, seq,
                                  contact_id, vars_, ended_at, goal_reached_at, error, self.recent))
 
@@ -217,12 +225,17 @@ def _start(
             if guard is None:
                 break
             if scope is None:
-                scope = {"event": event.view, "contact": _contact_scope(contact), "journey": cj.view, "now": now}
+                scope = {"event": event.__dict__.get("_view") or event.view,
+                         "contact": _NO_CONTACT if contact is None else contact.__dict__.get("_view") or contact.view,
+                         "journey": cj.view, "now": now}
             if guard.run(scope):
                 break
         else:
             return Decision("not_started", f"no trigger guard on {event.type} holds")
-        subject = subject_of(cj, event, contact)
+        if cj.journey.subject == "contact":  # the common case, without a call
+            subject = contact.id if contact is not None else event.contact_id
+        else:
+            subject = subject_of(cj, event, contact)
     except ExpressionError as exc:
         return Decision("not_started", f"trigger or subject failed: {exc}")
     if subject is None:
