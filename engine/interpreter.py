@@ -14,9 +14,9 @@ in ``failed``; it never raises out of here.
 
 from __future__ import annotations
 
-from hashlib import sha256 as _sha256
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from hashlib import sha256 as _sha256
 from types import MappingProxyType
 from typing import Any
 
