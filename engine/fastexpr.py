@@ -13,8 +13,10 @@ else (``{% for %}``, ``{% if %}``, macros, filters that need a context) returns 
 and the caller uses Jinja itself.
 
 Generated code only ever contains: calls to the helpers bound below, ``repr()`` of
-names and constants taken from the AST, and Python operators. No source text of the
-expression reaches the generated code except through ``repr``.
+names and constants taken from the AST, Python operators, temporaries named ``_tN``, and
+a fixed epilogue (the Undefined check, ``plain()`` or the output bound, and the mapping of
+errors to ExpressionError). No source text of the expression reaches the generated code
+except through ``repr``.
 """
 
 from __future__ import annotations

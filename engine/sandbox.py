@@ -153,12 +153,8 @@ def html_environment() -> JourneySandbox:
 
 def _run(fn: Callable[..., Any], *args: Any) -> Any:
     """Call *fn* under a work budget, turning every way an evaluation can fail into ExpressionError."""
-    budget = _work.get()
-    token = None
-    if budget is None:
-        token = _work.set([MAX_WORK])
-    else:
-        budget[0] = MAX_WORK  # an evaluation inside another (a filter rendering): refill in place
+    # An evaluation started inside another spends from the outer one's budget: one bound for both.
+    token = _work.set([MAX_WORK]) if _work.get() is None else None
     try:
         return fn(*args)
     except ExpressionError:
@@ -232,17 +228,21 @@ def _render(template: Any, scope: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-def compile_expression(source: str) -> Expression:
-    """Compile a guard or subject; syntax was checked at load, but be safe anyway."""
+def _parse(env: JourneySandbox, source: str) -> tuple[Callable[..., Any], nodes.Expr]:
+    """Jinja's compiled expression and its AST; syntax was checked at load, but be safe anyway."""
     if len(source) > expressions.MAX_EXPRESSION_LENGTH:
         raise ExpressionError(f"expression longer than {expressions.MAX_EXPRESSION_LENGTH} characters")
-    env = environment()
     try:
-        compiled = env.compile_expression(source, undefined_to_none=False)
-        tree = Parser(env, source, state="variable").parse_expression()
+        return (env.compile_expression(source, undefined_to_none=False),
+                Parser(env, source, state="variable").parse_expression())
     except TemplateError as exc:
         raise ExpressionError(f"cannot compile {source!r}: {exc}") from exc
-    return Expression(source, _expression_run(env, compiled, tree, value=False))
+
+
+def compile_expression(source: str) -> Expression:
+    """Compile a guard or subject."""
+    env = environment()
+    return Expression(source, _expression_run(env, *_parse(env, source), value=False))
 
 
 def _expression_run(env: JourneySandbox, compiled: Callable[..., Any], tree: nodes.Expr,
@@ -330,13 +330,9 @@ class Value:
 def compile_value(source: str) -> Value:
     match = _SINGLE.match(source)
     if match:
-        expr = match["expr"]
         env = environment()
         try:
-            if len(expr) <= expressions.MAX_EXPRESSION_LENGTH:
-                compiled = env.compile_expression(expr, undefined_to_none=False)
-                tree = Parser(env, expr, state="variable").parse_expression()
-                return Value(source, _expression_run(env, compiled, tree, value=True))
-        except TemplateError:
+            return Value(source, _expression_run(env, *_parse(env, match["expr"]), value=True))
+        except ExpressionError:
             pass  # not a lone expression after all (e.g. a filter block); render as text
     return Value(source, compile_template(source).run)
