@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Any
 
 from engine.sandbox import Expression, Value, compile_expression, compile_value
-from journeys.model import ActionCall, Journey, RetryPolicy, State, Timer
+from journeys.model import ActionCall, Journey, State, Timer
 
 # Action inputs that are names or fixed words, never templates.
 _LITERAL_INPUTS = frozenset({"template", "method", "channels"})
@@ -29,24 +29,18 @@ def _compile_inputs(value: Any, top: bool = True) -> Any:
     return value
 
 
-def _has_value(value: Any) -> bool:
-    if isinstance(value, Value):
-        return True
-    if isinstance(value, Mapping):
-        return any(_has_value(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_value(v) for v in value)
-    return False
-
-
-def _renderer(inputs: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Mapping[str, Any]]:
+def _renderer(inputs: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Mapping[str, Any]] | None:
     """One generated function that renders every template in *inputs* in a scope and returns
-    the read-only result: no walk over the structure on every decision. The generated code
-    holds only dict and list displays, ``repr`` of keys and names bound below."""
+    the read-only result: no walk over the structure on every decision. None when *inputs*
+    hold no template. The generated code holds only dict and list displays, ``repr`` of keys
+    and names bound below."""
     bound: dict[str, Any] = {"__builtins__": {}, "_proxy": MappingProxyType}
+    templates = 0
 
     def display(value: Any) -> str:
+        nonlocal templates
         if isinstance(value, Value):
+            templates += 1
             name = f"_v{len(bound)}"
             bound[name] = value.run
             return f"{name}(s)"
@@ -59,6 +53,8 @@ def _renderer(inputs: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Mappin
         return name
 
     code = f"def _render(s):\n    return _proxy({display(dict(inputs))})\n"
+    if not templates:
+        return None
     exec(compile(code, "<action inputs>", "exec"), bound)
     render: Callable[[Mapping[str, Any]], Mapping[str, Any]] = bound["_render"]
     return render
@@ -68,9 +64,6 @@ def _renderer(inputs: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Mappin
 class CompiledAction:
     call: ActionCall
     inputs: Mapping[str, Any]  # the inputs with every template compiled (Value)
-    # call.action and call.retry, one attribute read away (the interpreter reads them per action)
-    name: str
-    retry: RetryPolicy
     # The inputs themselves when no template is in them: rendered once, shared by every
     # decision (read-only; the runtime and simulator copy what they keep).
     constant: Mapping[str, Any] | None = None
@@ -91,7 +84,6 @@ class CompiledTimer:
     timer: Timer
     do: tuple[CompiledAction, ...]
     delay: timedelta
-    text: str  # timer.text
 
 
 @dataclass(frozen=True)
@@ -100,7 +92,6 @@ class CompiledState:
     enter: tuple[CompiledAction, ...]
     on: Mapping[str, tuple[CompiledTransition, ...]]
     timers: tuple[CompiledTimer, ...]
-    final: bool  # state.final
 
 
 @dataclass(frozen=True)
@@ -138,9 +129,10 @@ def _guard(source: str | None) -> Expression | None:
 
 def _action(call: ActionCall) -> CompiledAction:
     inputs = _compile_inputs(call.inputs)
-    if _has_value(inputs):
-        return CompiledAction(call, inputs, call.action, call.retry, render=_renderer(inputs))
-    return CompiledAction(call, inputs, call.action, call.retry, constant=MappingProxyType(inputs))
+    render = _renderer(inputs)
+    if render is not None:
+        return CompiledAction(call, inputs, render=render)
+    return CompiledAction(call, inputs, constant=MappingProxyType(inputs))
 
 
 def _actions(calls: tuple[ActionCall, ...]) -> tuple[CompiledAction, ...]:
@@ -164,8 +156,7 @@ def compile_journey(journey: Journey) -> CompiledJourney:
                 event: tuple(CompiledTransition(t.to, _guard(t.when), _actions(t.do)) for t in transitions)
                 for event, transitions in state.on.items()
             },
-            final=state.final,
-            timers=tuple(CompiledTimer(i, t, _actions(t.do), timedelta(milliseconds=t.delay_ms), t.text)
+            timers=tuple(CompiledTimer(i, t, _actions(t.do), timedelta(milliseconds=t.delay_ms))
                          for i, t in enumerate(state.after)),
         )
     subject = journey.subject

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -23,16 +24,6 @@ STATUS_OF_TYPE: Mapping[str, str] = MappingProxyType({
     "message.failed": "failed",
 })
 
-def cached_view(obj: Any) -> Mapping[str, Any]:
-    """``obj.scope()`` as a read-only mapping, built once per (immutable) object.
-
-    Cached by hand in the instance dict: functools.cached_property takes a lock on every
-    read before Python 3.12, and these are read on every decision.
-    """
-    cached: Mapping[str, Any] | None = obj.__dict__.get("_view")
-    if cached is None:
-        cached = obj.__dict__["_view"] = MappingProxyType(obj.scope())
-    return cached
 
 
 # Types that are news about one message we sent (a reply is not: it belongs to the conversation).
@@ -58,10 +49,13 @@ class Event:
     data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     schema_version: int = SCHEMA_VERSION
 
-    @property
+    @cached_property
     def view(self) -> Mapping[str, Any]:
-        """:meth:`scope`, built once per event (events are immutable)."""
-        return cached_view(self)
+        """:meth:`scope` as a read-only mapping, built once per event (events are immutable).
+
+        A cached_property is kept in the instance dict on first use, so every later read is a
+        plain attribute lookup (its lock is only taken when the value is missing)."""
+        return MappingProxyType(self.scope())
 
     def scope(self) -> dict[str, Any]:
         """What expressions see as ``event``."""

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
-
-from engine.events import cached_view
 
 Status = Literal["active", "completed", "exited", "failed"]
 ENDED: frozenset[str] = frozenset({"completed", "exited", "failed"})
@@ -48,15 +47,16 @@ class Instance(NamedTuple):
         """A copy with *changes*."""
         return self._replace(**changes)
 
-    def scope(self) -> dict[str, Any]:
-        """What expressions see as ``instance``."""
+    def scope(self, entering: str | None = None, at: datetime | None = None) -> dict[str, Any]:
+        """What expressions see as ``instance``; as it is once it enters state *entering* at *at*,
+        when given (the inputs of that state's actions are rendered so)."""
         return {
             "id": self.id,
-            "state": self.state,
+            "state": entering or self.state,
             "status": self.status,
             "subject": self.subject,
             "started_at": self.started_at,
-            "entered_at": self.entered_at,
+            "entered_at": at or self.entered_at,
         }
 
 
@@ -69,10 +69,10 @@ class Contact:
     locale: str | None = None
     attributes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
-    @property
+    @cached_property
     def view(self) -> Mapping[str, Any]:
-        """:meth:`scope`, built once (contacts are immutable)."""
-        return cached_view(self)
+        """:meth:`scope` as a read-only mapping, built once (contacts are immutable; see Event.view)."""
+        return MappingProxyType(self.scope())
 
     def scope(self) -> dict[str, Any]:
         """What expressions see as ``contact``."""

@@ -49,8 +49,10 @@ _NO_CONTACT: Mapping[str, Any] = MappingProxyType({})
 _tuple = tuple.__new__
 
 
-def _contact_scope(contact: Contact | None) -> Mapping[str, Any]:
-    return contact.view if contact is not None else _NO_CONTACT
+def _base_scope(cj: CompiledJourney, event: Event, contact: Contact | None, now: datetime) -> dict[str, Any]:
+    """What every expression sees: ``event``, ``contact``, ``journey`` and ``now``."""
+    return {"event": event.view, "contact": _NO_CONTACT if contact is None else contact.view, "journey": cj.view,
+            "now": now}
 
 
 def subject_of(cj: CompiledJourney, event: Event, contact: Contact | None) -> str | None:
@@ -61,8 +63,7 @@ def subject_of(cj: CompiledJourney, event: Event, contact: Contact | None) -> st
     if mode == "conversation":
         return event.conversation_id
     assert cj.subject is not None
-    scope = {"event": event.view, "contact": _contact_scope(contact), "journey": cj.view, "now": event.occurred_at}
-    value = cj.subject.run(scope)
+    value = cj.subject.run(_base_scope(cj, event, contact, event.occurred_at))
     return None if value is None or value == "" else str(value)
 
 
@@ -79,23 +80,22 @@ class _Run:
         self.contact = contact
         # The ids of the events the instance remembers once this one is applied, whatever the outcome.
         self.recent = recent
-        # Tuples from the start (most decisions add one step, one action, one timer or none):
-        # the Decision takes them as they are.
+        # Tuples the Decision takes as they are. Only steps grow (a goal, then an entry); the
+        # others are set once, by the one entry or exit a run makes.
         self.steps: tuple[Step, ...] = ()
         self.actions: tuple[ScheduledAction, ...] = ()
         self.timers: tuple[TimerSet, ...] = ()
         self.cancelled: tuple[str, ...] = ()
         self._scope: dict[str, Any] | None = None
 
-    def scope(self, instance: Instance, state: str | None = None) -> dict[str, Any]:
-        """What expressions see; *state* is the state being entered, when it is not the instance's."""
-        event, contact = self.event, self.contact
-        return {"event": event.__dict__.get("_view") or event.view,
-                "contact": _NO_CONTACT if contact is None else contact.__dict__.get("_view") or contact.view,
-                "journey": self.cj.view, "now": self.now, "vars": instance.vars,
-                "instance": {"id": instance.id, "state": state or instance.state, "status": instance.status,
-                             "subject": instance.subject, "started_at": instance.started_at,
-                             "entered_at": self.now if state else instance.entered_at}}
+    def scope(self, instance: Instance, entering: str | None = None,
+              base: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What expressions see: *base* (or a new base scope) with the instance's vars and the
+        instance, as it is once it enters *entering* when given."""
+        scope = base if base is not None else _base_scope(self.cj, self.event, self.contact, self.now)
+        scope["vars"] = instance.vars
+        scope["instance"] = instance.scope(entering, self.now if entering else None)
+        return scope
 
     def lazy_scope(self, instance: Instance) -> dict[str, Any]:
         """The scope of the instance as it was when the event arrived, built on first use."""
@@ -109,13 +109,11 @@ class _Run:
                                                  to_state, detail)))
 
     def cancel_timers(self, instance: Instance) -> None:
+        """The timers of the state *instance* leaves (a run leaves one state at most)."""
         timers = self.cj.states[instance.state].timers
         if timers:
             prefix = f"{instance.id}:{instance.seq}:t"  # timer_id() of each
-            if len(timers) == 1 and not self.cancelled:  # the common case, without a comprehension
-                self.cancelled = (f"{prefix}{timers[0].index}",)
-            else:
-                self.cancelled = (*self.cancelled, *[f"{prefix}{t.index}" for t in timers])
+            self.cancelled = tuple([f"{prefix}{t.index}" for t in timers])
 
     def enter(self, instance: Instance, target: str, do: tuple[CompiledAction, ...], kind: Any) -> Instance:
         """Leave the current state (cancelling its timers) unless *kind* is "started", and enter
@@ -127,11 +125,11 @@ class _Run:
         event = self.event
         seq = instance.seq + 1
         instance_id = instance.id
-        if kind == "started":
-            step = _tuple(Step, (kind, now, event.id, event.type, None, target, None))
-        else:
-            step = _tuple(Step, (kind, now, event.id, event.type, instance.state, target, None))
+        source = None
+        if kind != "started":
+            source = instance.state
             self.cancel_timers(instance)
+        step = _tuple(Step, (kind, now, event.id, event.type, source, target, None))
         compiled = self.cj.states[target]
         actions = do + compiled.enter if do else compiled.enter  # do first; keys count on across both
         if actions:
@@ -147,29 +145,22 @@ class _Run:
                         scope = self.scope(instance, target)
                     assert action.render is not None
                     inputs = action.render(scope)
-                append(_tuple(ScheduledAction, (f"{prefix}{index}", action.name, instance_id, target, seq, index,
-                                                inputs, action.retry, priority)))
-            self.actions = (*self.actions, *scheduled)
+                append(_tuple(ScheduledAction, (f"{prefix}{index}", action.call.action, instance_id, target, seq,
+                                                index, inputs, action.call.retry, priority)))
+            self.actions = tuple(scheduled)
         # the new instance, field by field in Instance's order
         (_, journey, version, subject, _, status, started_at, _, _, contact_id, vars_, ended_at, goal_reached_at,
          error, _) = instance
-        if compiled.final:
+        if compiled.state.final:
             self.steps = (*self.steps, step, _tuple(Step, ("completed", now, event.id, event.type, None, target,
                                                            None)))
             status, ended_at = "completed", now
         else:
             self.steps = (*self.steps, step)
-            timers = compiled.timers
-            if timers:
+            if compiled.timers:
                 prefix = f"{instance_id}:{seq}:t"  # timer_id() of each
-                if len(timers) == 1:  # the common case, without a comprehension
-                    t = timers[0]
-                    self.timers = (*self.timers, _tuple(TimerSet, (f"{prefix}{t.index}", instance_id, now + t.delay,
-                                                                   target, seq, t.index, t.text)))
-                else:
-                    self.timers = (*self.timers, *[
-                        _tuple(TimerSet, (f"{prefix}{t.index}", instance_id, now + t.delay, target, seq, t.index,
-                                          t.text)) for t in timers])
+                self.timers = tuple([_tuple(TimerSet, (f"{prefix}{t.index}", instance_id, now + t.delay, target, seq,
+                                                       t.index, t.timer.text)) for t in compiled.timers])
         return _tuple(Instance, (instance_id, journey, version, subject, target, status, started_at, now, seq,
                                  contact_id, vars_, ended_at, goal_reached_at, error, self.recent))
 
@@ -225,9 +216,7 @@ def _start(
             if guard is None:
                 break
             if scope is None:
-                scope = {"event": event.__dict__.get("_view") or event.view,
-                         "contact": _NO_CONTACT if contact is None else contact.__dict__.get("_view") or contact.view,
-                         "journey": cj.view, "now": now}
+                scope = _base_scope(cj, event, contact, now)
             if guard.run(scope):
                 break
         else:
@@ -249,13 +238,8 @@ def _start(
     run = _Run(cj, event, now, contact, (event.id,))
     try:
         if cj.vars:
-            if scope is None:
-                scope = run.scope(instance)
-            else:
-                # the triggers' scope is done with: grow it into the instance's, not build another
-                scope["vars"] = instance.vars
-                scope["instance"] = {"id": instance.id, "state": instance.state, "status": instance.status,
-                                     "subject": instance.subject, "started_at": now, "entered_at": now}
+            # the triggers' scope, when there is one, is done with: grow it rather than build another
+            scope = run.scope(instance, base=scope)
             # each var sees the ones above it, through the view
             for name, value in cj.vars:
                 captured[name] = value.run(scope) if isinstance(value, Value) else value
@@ -279,20 +263,6 @@ def _first(
 _NO_RULES: tuple[Any, ...] = ()
 
 
-# The statuses a message that was reported sent can still move forward to.
-_FORWARD_FROM_SENT = frozenset({"message.delivered", "message.read", "message.failed"})
-
-
-def _forward(status: str | None, kind: str) -> bool:
-    """``advance(status, kind).forward`` for the common cases (a first report; a delivery or a
-    failure after sent) without building the Progress; anything else asks advance()."""
-    if status is None:
-        return True
-    if status == "sent":
-        return kind in _FORWARD_FROM_SENT
-    return advance(status, kind).forward
-
-
 def _advance(
     cj: CompiledJourney, instance: Instance, event: Event, now: datetime, contact: Contact | None,
     message_status: str | None,
@@ -304,14 +274,16 @@ def _advance(
         owner = event.data.get("instance_id")
         if owner is not None and owner != instance.id:
             return _ignored("action.failed of another instance", instance)
-    if event.message_id is not None and kind in STATUS_OF_TYPE and not _forward(message_status, kind):
-        return _seen(f"stale status: {advance(message_status, kind).reason}", instance, event)
+    if event.message_id is not None and kind in STATUS_OF_TYPE:
+        progress = advance(message_status, kind)
+        if not progress.forward:
+            return _seen(f"stale status: {progress.reason}", instance, event)
     exits = cj.exits.get(kind, _NO_RULES)
     transitions = cj.states[instance.state].on.get(kind, _NO_RULES)
     goal = cj.journey.goal
     if not exits and not transitions and (goal is None or goal.on != kind):
         return _seen(f"state {instance.state} has no transition on {kind}", instance, event)
-    run = _Run(cj, event, now, contact, (*instance.recent_events, event.id)[-RECENT_EVENTS:])
+    run = _Run(cj, event, now, contact, _remembered(instance, event))
     current = instance
     try:
         if (

@@ -201,8 +201,6 @@ class Template:
 
     source: str
     run: Callable[[Mapping[str, Any]], str]
-    # Plain text with no Jinja in it renders to itself, without the sandbox.
-    constant: str | None = None
 
     def __call__(self, scope: Mapping[str, Any]) -> str:
         return self.run(scope)
@@ -275,8 +273,8 @@ def compile_template(source: str, *, html: bool = False) -> Template:
         ):
             constant = "".join(n.data for n in ast.body[0].nodes if isinstance(n, nodes.TemplateData))
         if constant is not None:
-            text = constant
-            return Template(source, lambda scope: text, constant)
+            text = constant  # plain text with no Jinja in it renders to itself, without the sandbox
+            return Template(source, lambda scope: text)
         fast = None if html else fastexpr.compile_template(env, ast, _SUPPORT)
         if fast is not None:
             return Template(source, _budgeted(fast.fn) if fast.spends else fast.fn)

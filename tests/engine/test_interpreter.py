@@ -11,10 +11,9 @@ import pytest
 
 from engine.compiled import CompiledJourney, compile_journey
 from engine.decision import Decision
-from engine.events import STATUS_OF_TYPE, Event
+from engine.events import Event
 from engine.instance import Contact, History, Instance
-from engine.interpreter import _forward, decide
-from engine.messages import advance
+from engine.interpreter import decide
 from journeys.loader import journey_from_text
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
@@ -345,9 +344,3 @@ def test_version_mismatch_is_ignored() -> None:
     other = Instance(id="i-x", journey="basic", version=2, subject="c-1", state="waiting", status="active",
                      started_at=T0, entered_at=T0)
     assert decide(cj, other, ev("order.paid"), T0, ANA).outcome == "ignored"
-
-
-@pytest.mark.parametrize("status", [None, "queued", "deferred", "sent", "delivered", "read", "failed"])
-def test_the_quick_status_check_agrees_with_the_message_order(status: str | None) -> None:
-    for kind in STATUS_OF_TYPE:
-        assert _forward(status, kind) == advance(status, kind).forward, (status, kind)
