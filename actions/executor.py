@@ -315,8 +315,13 @@ class Executor:
 
     async def run(self, stop: asyncio.Event) -> None:
         await repeat(self.run_once, stop, idle=self.settings.idle_sleep, log=log, what="executor loop")
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP client, if a job opened one."""
         if self.http is not None:
             await self.http.aclose()
+            self.http = None
 
 
 async def _in_order(candidates: list[str], conn: AsyncConnection) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -134,6 +135,25 @@ async def _waits_for_sibling(db: Database, job_id: str) -> bool:
         return False
     order = [int(x) for x in job_id.rsplit(":", 2)[1:]]
     return any([int(x) for x in r.id.rsplit(":", 2)[1:]] < order for r in rows if r.id != job_id)
+
+
+async def run_until_signalled(executor: Executor, url: str, ready: Callable[[int], None]) -> None:
+    """Run the arq :func:`workers` until SIGTERM or SIGINT, then stop them and close the
+    executor's HTTP client. *ready* is told how many workers run, once they have started."""
+    running = workers(executor, url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(w.async_run()) for w in running]
+    ready(len(running))
+    await stop.wait()
+    for w in running:
+        await w.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await executor.close()
 
 
 def workers(executor: Executor, url: str, *, burst: bool = False, max_jobs: int = 50,

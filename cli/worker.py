@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 from pathlib import Path
 
@@ -16,7 +15,7 @@ def run(path: str) -> int:
     from sqlalchemy.engine import make_url
 
     from actions.executor import Executor
-    from actions.queue import workers
+    from actions.queue import run_until_signalled
     from actions.templates import TemplateStore
     from engine.db import migrate
     from engine.db.database import connect, database_url
@@ -39,21 +38,13 @@ def run(path: str) -> int:
         await migrate.ensure_current(db, f"journeys db upgrade {folder}")
         executor = Executor(db, deployment.config, TemplateStore(folder / "templates"),
                             f"worker:{socket.gethostname()}:{os.getpid()}")
-        running = workers(executor, url)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        tasks = [asyncio.create_task(w.async_run()) for w in running]
         shown = make_url(url.replace("redis://", "redis+x://", 1)).render_as_string(hide_password=True)
-        print(f"journeys: {len(running)} arq workers on {shown.replace('redis+x://', 'redis://', 1)} for {folder}",
-              flush=True)
-        await stop.wait()
-        for w in running:
-            await w.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+
+        def ready(count: int) -> None:
+            print(f"journeys: {count} arq workers on {shown.replace('redis+x://', 'redis://', 1)} for {folder}",
+                  flush=True)
+
+        await run_until_signalled(executor, url, ready)
         await db.dispose()
 
     asyncio.run(main())

@@ -2,7 +2,7 @@
 
 Not a test: ``python tests/actions/worker_process.py DIR --lease 3 --job-timeout 2`` (Redis from
 ``JOURNEYS_REDIS_URL``, the database from ``JOURNEYS_DATABASE_URL`` or DIR/journeys.db). It runs
-the arq workers of :func:`actions.queue.workers` exactly as ``journeys worker`` does, except that
+the arq workers through :func:`actions.queue.run_until_signalled` as ``journeys worker`` does, except that
 the executor's lease and arq's job timeout are short, so a killed worker's job comes back in
 seconds instead of minutes (arq lets another worker take it ``job timeout + 10 s`` after it was
 started; the database lets another executor claim it once the lease ran out). SIGTERM/SIGINT
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -36,21 +35,7 @@ async def main(folder: Path, url: str, lease: float, job_timeout: int) -> None:
     executor = Executor(db, deployment.config, TemplateStore(folder / "templates"), f"test-worker:{os.getpid()}",
                         ExecutorSettings(lease=timedelta(seconds=lease)))
     queue.JOB_TIMEOUT = job_timeout  # read when the workers are built
-    running = queue.workers(executor, url)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(w.async_run()) for w in running]
-    print(f"ready {os.getpid()}", flush=True)
-    await stop.wait()
-    for w in running:
-        await w.close()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    if executor.http is not None:
-        await executor.http.aclose()
+    await queue.run_until_signalled(executor, url, lambda _count: print(f"ready {os.getpid()}", flush=True))
     await db.dispose()
 
 
