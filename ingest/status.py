@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ingest.errors import MalformedError
+
 
 @dataclass(frozen=True)
 class Meaning:
@@ -69,3 +71,12 @@ TAXONOMY: dict[str, dict[str, Meaning]] = {
 def meaning(provider: str, word: str) -> Meaning | None:
     """The canonical meaning of *word* from *provider*; None when the word is unknown."""
     return TAXONOMY.get(provider, {}).get(word.strip().lower())
+
+
+def known_meaning(provider: str, word: str, unknown: str) -> Meaning:
+    """:func:`meaning`, for a payload that must use a known word: an unknown one is a
+    MalformedError saying *unknown*."""
+    found = meaning(provider, word)
+    if found is None:
+        raise MalformedError(unknown)
+    return found

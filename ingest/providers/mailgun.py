@@ -16,7 +16,7 @@ from ingest.errors import MalformedError, SignatureError
 from ingest.incoming import ContactRef, Incoming
 from ingest.providers.base import Reply, any_equal, as_object, check_timestamp, parse_time
 from ingest.request import RawRequest
-from ingest.status import meaning
+from ingest.status import known_meaning
 from journeys.config import SourceConfig
 
 MESSAGE_ID_VAR = "journeys_message_id"
@@ -55,9 +55,7 @@ class MailgunProvider:
         sig, data = _signature_block(request)
         word = str(data.get("event", ""))
         key = f"{word}:{str(data.get('severity', '')).lower()}" if word == "failed" else word
-        found = meaning(self.name, key)
-        if found is None:
-            raise MalformedError(f"unknown Mailgun event {word!r}")
+        found = known_meaning(self.name, key, f"unknown Mailgun event {word!r}")
         if found.type is None:
             return []
         message = as_object(data.get("message"))

@@ -23,7 +23,7 @@ from ingest.errors import MalformedError, SignatureError
 from ingest.incoming import ContactRef, Incoming
 from ingest.providers.base import Reply, check_timestamp, decode_signature, parse_time, require
 from ingest.request import RawRequest
-from ingest.status import meaning
+from ingest.status import known_meaning
 from journeys.config import SourceConfig
 
 SIGNATURE = "x-twilio-email-event-webhook-signature"
@@ -82,9 +82,7 @@ class SendGridProvider:
             raise MalformedError(f"event {n} has no sg_event_id")
         if word == "bounce" and item.get("type") == "blocked":
             word = "blocked"
-        found = meaning(self.name, word)
-        if found is None:
-            raise MalformedError(f"event {n}: unknown SendGrid event {word!r}")
+        found = known_meaning(self.name, word, f"event {n}: unknown SendGrid event {word!r}")
         if found.type is None:
             return None
         sg_id = item.get("sg_message_id")

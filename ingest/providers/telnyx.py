@@ -20,7 +20,7 @@ from ingest.errors import MalformedError, SignatureError
 from ingest.incoming import ContactRef, Incoming
 from ingest.providers.base import Reply, as_object, check_timestamp, decode_signature, parse_time, require
 from ingest.request import RawRequest
-from ingest.status import meaning
+from ingest.status import known_meaning
 from journeys.config import SourceConfig
 
 
@@ -69,9 +69,7 @@ class TelnyxProvider:
         recipients = [t for t in payload.get("to", []) if isinstance(t, dict)]
         first = recipients[0] if recipients else {}
         word = str(first.get("status", ""))
-        found = meaning(self.name, word)
-        if found is None:
-            raise MalformedError(f"unknown Telnyx status {word!r}")
+        found = known_meaning(self.name, word, f"unknown Telnyx status {word!r}")
         if found.type is None:
             return []
         details: dict[str, Any] = {"status": word}

@@ -20,7 +20,7 @@ from ingest.errors import MalformedError, SignatureError
 from ingest.incoming import ContactRef, Incoming
 from ingest.providers.base import Reply, any_equal, require
 from ingest.request import RawRequest
-from ingest.status import meaning
+from ingest.status import known_meaning, meaning
 from journeys.config import SourceConfig
 
 TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
@@ -126,9 +126,7 @@ class TwilioProvider:
                                       data=MappingProxyType({"keyword": form.get("Body", "").strip(),
                                                              "via": "OptOutType"})))
             return items
-        found = meaning(self.name, word)
-        if found is None:
-            raise MalformedError(f"unknown Twilio MessageStatus {word!r}")
+        found = known_meaning(self.name, word, f"unknown Twilio MessageStatus {word!r}")
         if found.type is None:
             return []
         data: dict[str, object] = {"status": word}

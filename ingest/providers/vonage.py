@@ -19,7 +19,7 @@ from ingest.errors import MalformedError, SignatureError
 from ingest.incoming import ContactRef, Incoming
 from ingest.providers.base import Reply, check_timestamp, parse_time, require
 from ingest.request import RawRequest
-from ingest.status import meaning
+from ingest.status import known_meaning
 from journeys.config import SourceConfig
 
 
@@ -68,9 +68,7 @@ class VonageProvider:
                              text=str(text) if text is not None else None, inbound=True,
                              data=MappingProxyType({"message_type": body.get("message_type")}))]
         word = str(body["status"])
-        found = meaning(self.name, word)
-        if found is None:
-            raise MalformedError(f"unknown Vonage status {word!r}")
+        found = known_meaning(self.name, word, f"unknown Vonage status {word!r}")
         if found.type is None:
             return []
         details: dict[str, Any] = {"status": word}

@@ -18,7 +18,7 @@ from ingest.errors import MalformedError, SignatureError
 from ingest.incoming import ContactRef, Incoming
 from ingest.providers.base import Reply, any_equal, as_object, equal, objects, parse_time, require
 from ingest.request import RawRequest
-from ingest.status import meaning
+from ingest.status import known_meaning
 from journeys.config import SourceConfig
 
 # Errors after which the same message may still go later (rate limits, the 24-hour window).
@@ -71,9 +71,7 @@ class WhatsAppProvider:
         message_id, word = status.get("id"), str(status.get("status", ""))
         if not isinstance(message_id, str):
             raise MalformedError("a WhatsApp status without an id")
-        found = meaning(self.name, word)
-        if found is None:
-            raise MalformedError(f"unknown WhatsApp status {word!r}")
+        found = known_meaning(self.name, word, f"unknown WhatsApp status {word!r}")
         if found.type is None:
             return None
         details: dict[str, Any] = {"status": word}
