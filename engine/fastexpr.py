@@ -170,20 +170,20 @@ class _Compiler:
             return f"[{items}]" if isinstance(node, nodes.List) else f"({items}{',' if node.items else ''})"
         if isinstance(node, nodes.Dict):
             return "{" + ", ".join(f"{self.expr(p.key)}: {self.expr(p.value)}" for p in node.items) + "}"
-        if isinstance(node, nodes.Filter):
-            if node.node is None:
+        if isinstance(node, (nodes.Filter, nodes.Test, nodes.Call)):
+            # all three are a function applied to node.node, then the arguments
+            subject = node.node
+            if subject is None:  # a filter block ({% filter %}) has none
                 raise Unsupported
-            fn = self.filter_fn(node.name)
+            if isinstance(node, nodes.Filter):
+                fn = self.filter_fn(node.name)
+            elif isinstance(node, nodes.Test):
+                fn = self.test_fn(node.name)
+            else:
+                self.spends = True
+                fn = "_call"
             extra = self.args(node)
-            return f"{fn}({self.expr(node.node)}{', ' + extra if extra else ''})"
-        if isinstance(node, nodes.Test):
-            fn = self.test_fn(node.name)
-            extra = self.args(node)
-            return f"{fn}({self.expr(node.node)}{', ' + extra if extra else ''})"
-        if isinstance(node, nodes.Call):
-            self.spends = True
-            extra = self.args(node)
-            return f"_call({self.expr(node.node)}{', ' + extra if extra else ''})"
+            return f"{fn}({self.expr(subject)}{', ' + extra if extra else ''})"
         raise Unsupported
 
     def build(self, body: str, finish: str, support: Mapping[str, Any]) -> Compiled:
