@@ -4,12 +4,14 @@ expressions and templates, parsed timers. Built once per journey version, then s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
 
+from engine.entries import Entry, entry
 from engine.sandbox import Expression, Value, compile_expression, compile_value
 from journeys.model import ActionCall, Journey, State, Timer
 
@@ -76,6 +78,7 @@ class CompiledTransition:
     to: str
     guard: Expression | None
     do: tuple[CompiledAction, ...]
+    enter: Entry  # enters ``to`` from the state this transition belongs to
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class CompiledTimer:
     timer: Timer
     do: tuple[CompiledAction, ...]
     delay: timedelta
+    enter: Entry  # enters the timer's ``to`` from the state that set it
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ class Guarded:
     on: str
     guard: Expression | None
     to: str | None = None
+    # An exit with ``to``: its entry from each state it can leave (every state but the final ones).
+    enter: Mapping[str, Entry] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,10 @@ class CompiledJourney:
     id: str
     version: int
     goal_within: timedelta
+    # event type of a trigger -> the entry into the initial state that it starts
+    starts: Mapping[str, Entry]
+    # Whether scopes carry ``instance``: only when some text of the journey names it (see _names)
+    instance_in_scope: bool = True
 
     def listens_to(self, event_type: str) -> bool:
         return event_type in self.triggers
@@ -139,6 +149,20 @@ def _actions(calls: tuple[ActionCall, ...]) -> tuple[CompiledAction, ...]:
     return tuple(_action(c) for c in calls)
 
 
+def _names(value: Any, word: str) -> bool:
+    """Whether *word* appears as a whole word in any text of *value* (a journey's to_dict()).
+
+    Conservative on purpose: a state or a description that says "instance" only costs a
+    scope entry nobody reads; a scope entry left out that an expression reads would fail it."""
+    if isinstance(value, str):
+        return re.search(rf"\b{re.escape(word)}\b", value) is not None
+    if isinstance(value, Mapping):
+        return any(_names(k, word) or _names(v, word) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_names(v, word) for v in value)
+    return False
+
+
 def _by_type(items: list[Guarded]) -> dict[str, tuple[Guarded, ...]]:
     table: dict[str, list[Guarded]] = {}
     for item in items:
@@ -147,29 +171,53 @@ def _by_type(items: list[Guarded]) -> dict[str, tuple[Guarded, ...]]:
 
 
 def compile_journey(journey: Journey) -> CompiledJourney:
+    view = MappingProxyType({"id": journey.id, "version": journey.version})
+    # Building ``instance`` for every scope costs a dict per decision; most journeys never read it.
+    instance_in_scope = _names(journey.to_dict(), "instance")
+    model = journey.states
+    enters = {name: _actions(state.enter) for name, state in model.items()}
+
+    def way_in(source: State | None, to: str, do: tuple[CompiledAction, ...], kind: str, outcome: str | None,
+               reason: str) -> Entry:
+        target = model[to]
+        return entry(journey_view=view, priority=journey.priority, instance_in_scope=instance_in_scope,
+                     kind=kind, source=source, target=target, do=do, enter=enters[to],
+                     outcome=outcome or ("ended" if target.final else "transitioned"), reason=reason)
+
     states = {}
-    for name, state in journey.states.items():
-        states[name] = CompiledState(
-            state=state,
-            enter=_actions(state.enter),
-            on={
-                event: tuple(CompiledTransition(t.to, _guard(t.when), _actions(t.do)) for t in transitions)
-                for event, transitions in state.on.items()
-            },
-            timers=tuple(CompiledTimer(i, t, _actions(t.do), timedelta(milliseconds=t.delay_ms))
-                         for i, t in enumerate(state.after)),
-        )
+    for name, state in model.items():
+        on = {}
+        for event, transitions in state.on.items():
+            on[event] = tuple(
+                CompiledTransition(t.to, _guard(t.when), do := _actions(t.do),
+                                   way_in(state, t.to, do, "transition", None, f"{event}: {name} -> {t.to}"))
+                for t in transitions)
+        timers = tuple(
+            CompiledTimer(i, t, do := _actions(t.do), timedelta(milliseconds=t.delay_ms),
+                          way_in(state, t.to, do, "transition", None, f"after {t.text}: {name} -> {t.to}"))
+            for i, t in enumerate(state.after))
+        states[name] = CompiledState(state=state, enter=enters[name], on=on, timers=timers)
+    live = [state for state in model.values() if not state.final]
+    exits = [
+        Guarded(e.on, _guard(e.when), e.to, MappingProxyType({} if e.to is None else {
+            s.name: way_in(s, e.to, (), "exited", "ended", f"exit on {e.on} to {e.to}") for s in live}))
+        for e in journey.exit
+    ]
+    triggers = _by_type([Guarded(t.on, _guard(t.when)) for t in journey.triggers])
     subject = journey.subject
     return CompiledJourney(
         journey=journey,
-        triggers=_by_type([Guarded(t.on, _guard(t.when)) for t in journey.triggers]),
-        exits=_by_type([Guarded(e.on, _guard(e.when), e.to) for e in journey.exit]),
+        triggers=triggers,
+        exits=_by_type(exits),
         states=states,
         vars=tuple((k, compile_value(v) if isinstance(v, str) else v) for k, v in journey.vars.items()),
         subject=None if subject in ("contact", "conversation") else compile_expression(subject),
         goal_guard=None if journey.goal is None else _guard(journey.goal.when),
-        view=MappingProxyType({"id": journey.id, "version": journey.version}),
+        view=view,
         id=journey.id,
         version=journey.version,
         goal_within=timedelta(milliseconds=journey.goal.within_ms if journey.goal is not None else 0),
+        starts=MappingProxyType({
+            on: way_in(None, journey.initial, (), "started", "started", f"started by {on}") for on in triggers}),
+        instance_in_scope=instance_in_scope,
     )

@@ -14,14 +14,14 @@ in ``failed``; it never raises out of here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime, timedelta
 from hashlib import sha256 as _sha256
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
-from engine.compiled import CompiledAction, CompiledJourney, CompiledTransition, Guarded
-from engine.decision import Decision, ScheduledAction, Step, TimerSet
+from engine.compiled import CompiledJourney, CompiledTransition, Guarded
+from engine.decision import Decision, Step
+from engine.entries import NO_CONTACT
 from engine.events import STATUS_OF_TYPE, Event
 from engine.instance import NO_HISTORY, RECENT_EVENTS, Contact, History, Instance
 from engine.messages import advance
@@ -42,17 +42,29 @@ def action_key(instance_id: str, seq: int, index: int) -> str:
     return f"{instance_id}:{seq}:{index}"
 
 
-_NO_CONTACT: Mapping[str, Any] = MappingProxyType({})
-
 # A NamedTuple's own constructor is a Python function around this; the hot paths call it directly
 # with every field in order.
 _tuple = tuple.__new__
 
+Rule = TypeVar("Rule", Guarded, CompiledTransition)
+
 
 def _base_scope(cj: CompiledJourney, event: Event, contact: Contact | None, now: datetime) -> dict[str, Any]:
     """What every expression sees: ``event``, ``contact``, ``journey`` and ``now``."""
-    return {"event": event.view, "contact": _NO_CONTACT if contact is None else contact.view, "journey": cj.view,
+    return {"event": event.view, "contact": NO_CONTACT if contact is None else contact.view, "journey": cj.view,
             "now": now}
+
+
+def _scope(cj: CompiledJourney, instance: Instance, event: Event, contact: Contact | None, now: datetime,
+           base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What guards and vars see: *base* (or a new base scope) with the instance's vars and the
+    instance as it is, when the journey reads it (CompiledJourney.instance_in_scope). Action
+    inputs see it as it is once it has entered: engine.entries."""
+    scope = base if base is not None else _base_scope(cj, event, contact, now)
+    scope["vars"] = instance.vars
+    if cj.instance_in_scope:
+        scope["instance"] = instance.scope()
+    return scope
 
 
 def subject_of(cj: CompiledJourney, event: Event, contact: Contact | None) -> str | None:
@@ -67,116 +79,21 @@ def subject_of(cj: CompiledJourney, event: Event, contact: Contact | None) -> st
     return None if value is None or value == "" else str(value)
 
 
-class _Run:
-    """The work of one decision on one instance; collects steps, actions and timers."""
+def _cancelled(cj: CompiledJourney, instance: Instance) -> tuple[str, ...]:
+    """The ids of the timers *instance* set on entering its state."""
+    return tuple([timer_id(instance.id, instance.seq, t.index) for t in cj.states[instance.state].timers])
 
-    __slots__ = ("_scope", "actions", "cancelled", "cj", "contact", "event", "now", "recent", "steps", "timers")
 
-    def __init__(self, cj: CompiledJourney, event: Event, now: datetime, contact: Contact | None,
-                 recent: tuple[str, ...]) -> None:
-        self.cj = cj
-        self.event = event
-        self.now = now
-        self.contact = contact
-        # The ids of the events the instance remembers once this one is applied, whatever the outcome.
-        self.recent = recent
-        # Tuples the Decision takes as they are. Only steps grow (a goal, then an entry); the
-        # others are set once, by the one entry or exit a run makes.
-        self.steps: tuple[Step, ...] = ()
-        self.actions: tuple[ScheduledAction, ...] = ()
-        self.timers: tuple[TimerSet, ...] = ()
-        self.cancelled: tuple[str, ...] = ()
-        self._scope: dict[str, Any] | None = None
-
-    def scope(self, instance: Instance, entering: str | None = None,
-              base: dict[str, Any] | None = None) -> dict[str, Any]:
-        """What expressions see: *base* (or a new base scope) with the instance's vars and the
-        instance, as it is once it enters *entering* when given."""
-        scope = base if base is not None else _base_scope(self.cj, self.event, self.contact, self.now)
-        scope["vars"] = instance.vars
-        scope["instance"] = instance.scope(entering, self.now if entering else None)
-        return scope
-
-    def lazy_scope(self, instance: Instance) -> dict[str, Any]:
-        """The scope of the instance as it was when the event arrived, built on first use."""
-        if self._scope is None:
-            self._scope = self.scope(instance)
-        return self._scope
-
-    def step(self, kind: Any, from_state: str | None = None, to_state: str | None = None,
-             detail: str | None = None) -> None:
-        self.steps = (*self.steps, _tuple(Step, (kind, self.now, self.event.id, self.event.type, from_state,
-                                                 to_state, detail)))
-
-    def cancel_timers(self, instance: Instance) -> None:
-        """The timers of the state *instance* leaves (a run leaves one state at most)."""
-        timers = self.cj.states[instance.state].timers
-        if timers:
-            prefix = f"{instance.id}:{instance.seq}:t"  # timer_id() of each
-            self.cancelled = tuple([f"{prefix}{t.index}" for t in timers])
-
-    def enter(self, instance: Instance, target: str, do: tuple[CompiledAction, ...], kind: Any) -> Instance:
-        """Leave the current state (cancelling its timers) unless *kind* is "started", and enter
-        *target*: do, enter, timers. The instance returned remembers this event.
-
-        Written out in one function, tuples built without their NamedTuple constructors and
-        the instance copied by hand: this is the interpreter's inner loop."""
-        now = self.now
-        event = self.event
-        seq = instance.seq + 1
-        instance_id = instance.id
-        source = None
-        if kind != "started":
-            source = instance.state
-            self.cancel_timers(instance)
-        step = _tuple(Step, (kind, now, event.id, event.type, source, target, None))
-        compiled = self.cj.states[target]
-        actions = do + compiled.enter if do else compiled.enter  # do first; keys count on across both
-        if actions:
-            scope: dict[str, Any] | None = None
-            priority = self.cj.journey.priority
-            prefix = f"{instance_id}:{seq}:"  # action_key() of each
-            scheduled: list[ScheduledAction] = []
-            append = scheduled.append
-            for index, action in enumerate(actions):
-                inputs = action.constant
-                if inputs is None:
-                    if scope is None:
-                        scope = self.scope(instance, target)
-                    assert action.render is not None
-                    inputs = action.render(scope)
-                append(_tuple(ScheduledAction, (f"{prefix}{index}", action.call.action, instance_id, target, seq,
-                                                index, inputs, action.call.retry, priority)))
-            self.actions = tuple(scheduled)
-        # the new instance, field by field in Instance's order
-        (_, journey, version, subject, _, status, started_at, _, _, contact_id, vars_, ended_at, goal_reached_at,
-         error, _) = instance
-        if compiled.state.final:
-            self.steps = (*self.steps, step, _tuple(Step, ("completed", now, event.id, event.type, None, target,
-                                                           None)))
-            status, ended_at = "completed", now
-        else:
-            self.steps = (*self.steps, step)
-            if compiled.timers:
-                prefix = f"{instance_id}:{seq}:t"  # timer_id() of each
-                self.timers = tuple([_tuple(TimerSet, (f"{prefix}{t.index}", instance_id, now + t.delay, target, seq,
-                                                       t.index, t.timer.text)) for t in compiled.timers])
-        return _tuple(Instance, (instance_id, journey, version, subject, target, status, started_at, now, seq,
-                                 contact_id, vars_, ended_at, goal_reached_at, error, self.recent))
-
-    def fail(self, instance: Instance, error: ExpressionError, where: str) -> Decision:
-        # Nothing of this run is kept but the failure: no half-applied transition.
-        self.actions, self.timers, self.steps, self.cancelled = (), (), (), ()
-        if instance.active and instance.seq > 0 and instance.state in self.cj.states:
-            self.cancel_timers(instance)  # an instance that never entered a state set no timers
-        message = f"{where}: {error}"
-        self.step("failed", from_state=instance.state, detail=message)
-        failed = instance.evolve(status="failed", ended_at=self.now, error=message, recent_events=self.recent)
-        return self.decision("failed", message, failed)
-
-    def decision(self, outcome: Any, reason: str, instance: Instance) -> Decision:
-        """The Decision; *instance* already remembers the event (see enter and recent)."""
-        return _tuple(Decision, (outcome, reason, instance, self.steps, self.actions, self.timers, self.cancelled))
+def _failed(cj: CompiledJourney, instance: Instance, event: Event, now: datetime, recent: tuple[str, ...],
+            error: ExpressionError, where: str) -> Decision:
+    """The instance fails; nothing of the decision is kept but the failure: no half-applied transition."""
+    cancelled: tuple[str, ...] = ()
+    if instance.active and instance.seq > 0 and instance.state in cj.states:
+        cancelled = _cancelled(cj, instance)  # an instance that never entered a state set no timers
+    message = f"{where}: {error}"
+    step = Step("failed", now, event.id, event.type, from_state=instance.state, detail=message)
+    failed = instance.evolve(status="failed", ended_at=now, error=message, recent_events=recent)
+    return Decision("failed", message, failed, (step,), (), (), cancelled)
 
 
 def _ignored(reason: str, instance: Instance | None = None) -> Decision:
@@ -235,32 +152,27 @@ def _start(
         "active", now, now, 0, contact.id if contact is not None else event.contact_id,
         MappingProxyType(captured),  # a view: filled below, never changed after
         None, None, None, ()))
-    run = _Run(cj, event, now, contact, (event.id,))
+    recent = (event.id,)
     try:
         if cj.vars:
             # the triggers' scope, when there is one, is done with: grow it rather than build another
-            scope = run.scope(instance, base=scope)
+            scope = _scope(cj, instance, event, contact, now, base=scope)
             # each var sees the ones above it, through the view
             for name, value in cj.vars:
                 captured[name] = value.run(scope) if isinstance(value, Value) else value
-        started = run.enter(instance, cj.journey.initial, (), "started")
+        return cj.starts[event.type](instance, event, now, contact, recent, ())
     except ExpressionError as exc:
-        return run.fail(instance.evolve(vars=MappingProxyType(dict(captured))), exc, "starting")
-    return run.decision("started", f"started by {event.type}", started)
+        return _failed(cj, instance.evolve(vars=MappingProxyType(dict(captured))), event, now, recent, exc,
+                       "starting")
 
 
-def _first(
-    rules: tuple[Guarded, ...] | tuple[CompiledTransition, ...], run: _Run, instance: Instance
-) -> Guarded | CompiledTransition | None:
+def _first(rules: tuple[Rule, ...], scope: dict[str, Any]) -> Rule | None:
+    """The first of *rules* whose guard holds in *scope*."""
     for rule in rules:
         guard = rule.guard
-        if guard is None or guard.run(run.lazy_scope(instance)):
+        if guard is None or guard.run(scope):
             return rule
     return None
-
-
-
-_NO_RULES: tuple[Any, ...] = ()
 
 
 def _advance(
@@ -278,43 +190,49 @@ def _advance(
         progress = advance(message_status, kind)
         if not progress.forward:
             return _seen(f"stale status: {progress.reason}", instance, event)
-    exits = cj.exits.get(kind, _NO_RULES)
-    transitions = cj.states[instance.state].on.get(kind, _NO_RULES)
+    exits = cj.exits.get(kind, ())
+    transitions = cj.states[instance.state].on.get(kind, ())
     goal = cj.journey.goal
     if not exits and not transitions and (goal is None or goal.on != kind):
         return _seen(f"state {instance.state} has no transition on {kind}", instance, event)
-    run = _Run(cj, event, now, contact, _remembered(instance, event))
+    recent = _remembered(instance, event)
+    # What guards see: the instance as the event found it, built once, on first use.
+    scope: dict[str, Any] | None = None
+    steps: tuple[Step, ...] = ()
     current = instance
     try:
-        if (
-            goal is not None
-            and goal.on == kind
-            and instance.goal_reached_at is None
-            and now - instance.started_at <= cj.goal_within
-            and (cj.goal_guard is None or cj.goal_guard.run(run.lazy_scope(instance)))
-        ):
-            run.step("goal", from_state=instance.state, detail=f"goal {goal.on} reached")
-            current = current.evolve(goal_reached_at=now, recent_events=run.recent)
-        # the first rule without a guard is taken without a call: the common case
-        exit_rule = (exits[0] if exits[0].guard is None else _first(exits, run, instance)) if exits else None
-        if isinstance(exit_rule, Guarded):
-            if exit_rule.to is not None:
-                ended = run.enter(current, exit_rule.to, (), "exited")
-                return run.decision("ended", f"exit on {kind} to {exit_rule.to}", ended)
-            run.cancel_timers(current)
-            run.step("exited", from_state=current.state)
-            ended = current.evolve(status="exited", ended_at=now, recent_events=run.recent)
-            return run.decision("ended", f"exit on {kind}", ended)
-        transition = (transitions[0] if transitions[0].guard is None else _first(transitions, run, instance)
-                      ) if transitions else None
-        if isinstance(transition, CompiledTransition):
-            moved = run.enter(current, transition.to, transition.do, "transition")
-            outcome = "transitioned" if moved.status == "active" else "ended"
-            return run.decision(outcome, f"{kind}: {instance.state} -> {transition.to}", moved)
+        if goal is not None and goal.on == kind and instance.goal_reached_at is None \
+                and now - instance.started_at <= cj.goal_within:
+            goal_guard = cj.goal_guard
+            if goal_guard is None or goal_guard.run(scope := _scope(cj, instance, event, contact, now)):
+                reached = f"goal {goal.on} reached"
+                steps = (Step("goal", now, event.id, kind, from_state=instance.state, detail=reached),)
+                current = instance.evolve(goal_reached_at=now, recent_events=recent)
+        if exits:
+            # the first rule without a guard is taken without a call: the common case
+            exit_rule: Guarded | None = exits[0]
+            if exits[0].guard is not None:
+                if scope is None:
+                    scope = _scope(cj, instance, event, contact, now)
+                exit_rule = _first(exits, scope)
+            if exit_rule is not None:
+                if exit_rule.to is not None:
+                    return exit_rule.enter[instance.state](current, event, now, contact, recent, steps)
+                step = Step("exited", now, event.id, kind, from_state=instance.state)
+                ended = current.evolve(status="exited", ended_at=now, recent_events=recent)
+                return Decision("ended", f"exit on {kind}", ended, (*steps, step), (), (), _cancelled(cj, instance))
+        if transitions:
+            transition: CompiledTransition | None = transitions[0]
+            if transitions[0].guard is not None:
+                if scope is None:
+                    scope = _scope(cj, instance, event, contact, now)
+                transition = _first(transitions, scope)
+            if transition is not None:
+                return transition.enter(current, event, now, contact, recent, steps)
     except ExpressionError as exc:
-        return run.fail(instance, exc, f"in state {instance.state} on {kind}")
-    if current is not instance:
-        return run.decision("goal", f"goal {kind} reached", current)
+        return _failed(cj, instance, event, now, recent, exc, f"in state {instance.state} on {kind}")
+    if steps:
+        return Decision("goal", f"goal {kind} reached", current, steps)
     return _seen(f"state {instance.state} has no transition on {kind}", instance, event)
 
 
@@ -331,13 +249,11 @@ def _fire_timer(
     if not 0 <= index < len(state.timers):  # timers are numbered by their place in the state
         return _seen("stale timer: the state has no such timer", instance, event)
     timer = state.timers[index]
-    run = _Run(cj, event, now, contact, _remembered(instance, event))
+    recent = _remembered(instance, event)
     try:
-        moved = run.enter(instance, timer.timer.to, timer.do, "transition")
+        return timer.enter(instance, event, now, contact, recent, ())
     except ExpressionError as exc:
-        return run.fail(instance, exc, f"in state {instance.state} after {timer.timer.text}")
-    outcome = "transitioned" if moved.status == "active" else "ended"
-    return run.decision(outcome, f"after {timer.timer.text}: {instance.state} -> {timer.timer.to}", moved)
+        return _failed(cj, instance, event, now, recent, exc, f"in state {instance.state} after {timer.timer.text}")
 
 
 def decide(
