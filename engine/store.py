@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.db.schema import events
@@ -57,7 +58,7 @@ def row_of(event: Event, received_at: datetime | None = None) -> dict[str, Any]:
     }
 
 
-def _insert(conn: AsyncConnection) -> Any:
+def _insert(conn: Connection) -> Any:
     if conn.dialect.name == "postgresql":
         return postgresql.insert(events)
     return sqlite.insert(events)
@@ -71,8 +72,11 @@ class Stored:
     duplicates: list[tuple[str, str]]  # (source, provider_event_id)
 
 
-async def store_events(conn: AsyncConnection, batch: Sequence[Event], received_at: datetime) -> Stored:
-    """Insert *batch*; repeats (also within the batch) only bump ``duplicates``."""
+def store_events_sync(conn: Connection, batch: Sequence[Event], received_at: datetime) -> Stored:
+    """Insert *batch*; repeats (also within the batch) only bump ``duplicates``.
+
+    Synchronous, so that a SQLite group commit runs whole in one thread (ingest.committer);
+    async callers use :func:`store_events`."""
     rows, seen, repeats = [], set(), []
     for event in batch:
         row = row_of(event, received_at)
@@ -85,16 +89,21 @@ async def store_events(conn: AsyncConnection, batch: Sequence[Event], received_a
     inserted: list[str] = []
     if rows:
         stmt = _insert(conn).on_conflict_do_nothing(index_elements=["source", "provider_event_id"])
-        result = await conn.execute(stmt.returning(events.c.id, events.c.source, events.c.provider_event_id), rows)
-        returned = result.all()
+        returned = conn.execute(stmt.returning(events.c.id, events.c.source, events.c.provider_event_id),
+                                rows).all()
         inserted = [r.id for r in returned]
         fresh = {(r.source, r.provider_event_id) for r in returned}
         repeats += [(r["source"], r["provider_event_id"]) for r in rows if (r["source"], r["provider_event_id"])
                     not in fresh]
     for source, provider_event_id in repeats:
-        await conn.execute(
+        conn.execute(
             update(events)
             .where(events.c.source == source, events.c.provider_event_id == provider_event_id)
             .values(duplicates=events.c.duplicates + 1)
         )
     return Stored(inserted, repeats)
+
+
+async def store_events(conn: AsyncConnection, batch: Sequence[Event], received_at: datetime) -> Stored:
+    """:func:`store_events_sync` in the caller's transaction."""
+    return await conn.run_sync(store_events_sync, batch, received_at)

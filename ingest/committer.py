@@ -1,7 +1,7 @@
 """Group commit: requests that arrive together share one transaction.
 
 Each request hands its normalized events to the committer and waits; the committer takes
-everything queued (up to a limit), resolves contacts, stores the events (deduplicated),
+everything waiting (up to a limit), resolves contacts, stores the events (deduplicated),
 updates suppressions, and commits once. Only then does each request get its answer, so a
 2xx always means committed. If the database fails, every waiting request gets 503 and
 nothing of theirs was acknowledged.
@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+
+from sqlalchemy.engine import Connection, Engine
 
 from actions.gate import GATES
 from engine.db.database import Database
 from engine.events import Event
-from engine.store import new_event_id, store_events
+from engine.store import new_event_id, store_events_sync
 from ingest import contacts, optout
 from ingest.errors import StorageUnavailableError
 from ingest.incoming import Incoming
@@ -55,50 +58,88 @@ def to_event(item: Incoming, source: str, provider: str, contact_id: str | None,
 
 
 class Committer:
+    """Group commit: one transaction for the requests that arrived together.
+
+    A commit is scheduled when the first request of a group arrives and starts once the
+    event loop has run every request that was ready with it, so one group holds what came in
+    together. The requests that arrive while it commits form the next group: groups grow
+    with the load by themselves.
+
+    On SQLite the group is written synchronously, on a connection of our own
+    (Database.sqlite_writer), while the process's one async write connection is held so no
+    transaction of the engine is open meanwhile. Through aiosqlite every statement is several
+    hand-offs between the event loop and the driver's thread, and a thread of our own would
+    fight the event loop for the interpreter lock at every call into SQLite: both cost more
+    than the statements. Written in place, a group of 64 requests takes a few milliseconds.
+    """
+
     def __init__(self, db: Database, policies: Policies, *, max_batch: int = 512) -> None:
         self.db = db
         self.policies = policies
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._pending: deque[_Job] = deque()
+        self._busy = False  # a commit is scheduled or running
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._sqlite: Engine | None = None
 
     async def submit(self, source: str, provider: str, items: list[Incoming],
                      received_at: datetime | None = None) -> Outcome:
         loop = asyncio.get_running_loop()
         job = _Job(source, provider, items, received_at or datetime.now(UTC), loop.create_future())
-        await self._queue.put(job)
+        self._pending.append(job)
+        if not self._busy:
+            self._busy = True
+            self._idle.clear()
+            # after the requests the event loop has ready now: they join this group
+            loop.call_soon(self._start, loop)
         return await job.future
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set() or not self._queue.empty():
-            try:
-                first = await asyncio.wait_for(self._queue.get(), timeout=0.2)
-            except TimeoutError:
-                continue
-            jobs = [first]
-            count = len(first.items)
-            while not self._queue.empty() and count < self.max_batch:
-                job = self._queue.get_nowait()
-                jobs.append(job)
-                count += len(job.items)
-            await self._commit(jobs)
+        """Wait for *stop*, then for the requests still waiting to be committed; close the writer."""
+        await stop.wait()
+        await self._idle.wait()
+        self.close()
 
-    async def _commit(self, jobs: list[_Job]) -> None:
-        now = datetime.now(UTC)
-        try:
-            # Sends in flight to a contact that opts out here finish first; later ones wait for
-            # this commit and then see the suppression (actions/gate.py).
-            async with GATES.opting_out(await self._opting_out(jobs)):
-                outcomes = await self._write(jobs, now)
-        except Exception as exc:
-            log.exception("storing %d requests failed", len(jobs))
-            error = StorageUnavailableError(f"storage unavailable: {type(exc).__name__}", retry_after=5)
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs: list[_Job] = []
+        count = 0
+        while self._pending and (not jobs or count + len(self._pending[0].items) <= self.max_batch):
+            job = self._pending.popleft()
+            jobs.append(job)
+            count += len(job.items)
+        task = loop.create_task(self._commit(jobs))
+        task.add_done_callback(lambda finished: self._finish(loop, jobs, finished))
+
+    def _finish(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], finished: asyncio.Task[list[Outcome]]) -> None:
+        error = finished.exception()
+        if error is not None:
+            log.error("storing %d requests failed", len(jobs), exc_info=error)
+            unavailable = StorageUnavailableError(f"storage unavailable: {type(error).__name__}", retry_after=5)
             for job in jobs:
                 if not job.future.done():
-                    job.future.set_exception(error)
-            return
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            if not job.future.done():
-                job.future.set_result(outcome)
+                    job.future.set_exception(unavailable)
+        else:
+            for job, outcome in zip(jobs, finished.result(), strict=True):
+                if not job.future.done():
+                    job.future.set_result(outcome)
+        if self._pending:
+            self._start(loop)
+        else:
+            self._busy = False
+            self._idle.set()
+
+    async def _commit(self, jobs: list[_Job]) -> list[Outcome]:
+        # Sends in flight to a contact that opts out here finish first; later ones wait for
+        # this commit and then see the suppression (actions/gate.py).
+        opting_out = await self._opting_out(jobs)
+        now = datetime.now(UTC)
+        async with GATES.opting_out(opting_out):
+            if not self.db.is_sqlite:
+                async with self.db.write.begin() as conn:
+                    return await conn.run_sync(self._write_on, jobs, now)
+            async with self.db.write.connect():  # see the class docstring
+                return self._write_sqlite(jobs, now)
 
     async def _opting_out(self, jobs: list[_Job]) -> list[str]:
         refs = [i.contact for job in jobs for i in job.items
@@ -108,24 +149,35 @@ class Committer:
         async with self.db.read.connect() as conn:
             return await contacts.existing(conn, refs)
 
-    async def _write(self, jobs: list[_Job], now: datetime) -> list[Outcome]:
-        async with self.db.write.begin() as conn:
-            refs = [item.contact for job in jobs for item in job.items]
-            ids = iter(await contacts.resolve(conn, refs, now))
-            per_job: list[list[Event]] = []
-            for job in jobs:
-                per_job.append([
-                    to_event(item, job.source, job.provider, next(ids),
-                             item.contact.phone if item.contact else None, job.received_at)
-                    for item in job.items
-                ])
-            # One statement for the whole group: the point of group commit.
-            everything = [e for batch in per_job for e in batch]
-            stored = await store_events(conn, everything, now)
-            fresh = set(stored.inserted)
-            await optout.apply(conn, [e for e in everything if e.id in fresh], self.policies, now)
+    def _write_sqlite(self, jobs: list[_Job], now: datetime) -> list[Outcome]:
+        if self._sqlite is None:
+            self._sqlite = self.db.sqlite_writer()
+        with self._sqlite.begin() as conn:
+            return self._write_on(conn, jobs, now)
+
+    def _write_on(self, conn: Connection, jobs: list[_Job], now: datetime) -> list[Outcome]:
+        refs = [item.contact for job in jobs for item in job.items]
+        ids = iter(contacts.resolve_sync(conn, refs, now))
+        per_job: list[list[Event]] = []
+        for job in jobs:
+            per_job.append([
+                to_event(item, job.source, job.provider, next(ids),
+                         item.contact.phone if item.contact else None, job.received_at)
+                for item in job.items
+            ])
+        # One statement for the whole group: the point of group commit.
+        everything = [e for batch in per_job for e in batch]
+        stored = store_events_sync(conn, everything, now)
+        fresh = set(stored.inserted)
+        optout.apply_sync(conn, [e for e in everything if e.id in fresh], self.policies, now)
         return [Outcome(sum(e.id in fresh for e in batch), sum(e.id not in fresh for e in batch))
                 for batch in per_job]
+
+    def close(self) -> None:
+        """Close the SQLite writer's connection."""
+        if self._sqlite is not None:
+            self._sqlite.dispose()
+            self._sqlite = None
 
 
 def cleaned(items: list[Incoming]) -> list[Incoming]:

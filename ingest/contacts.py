@@ -10,11 +10,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import phonenumbers
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.db.schema import contacts
@@ -22,8 +24,12 @@ from ingest.errors import MalformedError
 from ingest.incoming import ContactRef
 
 
+@lru_cache(maxsize=65_536)
 def e164(raw: str) -> str:
-    """A phone number in E.164 (``+4915112345678``); refuses what cannot be one."""
+    """A phone number in E.164 (``+4915112345678``); refuses what cannot be one.
+
+    Cached: parsing costs more than the rest of a status callback, and the same customers'
+    numbers come back all day. A refused number raises again each time (not cached)."""
     text = raw.strip().removeprefix("whatsapp:").removeprefix("tel:")
     if text and text[0].isdigit() and len(text) > 7:
         text = "+" + text  # WhatsApp and Telnyx often drop the plus
@@ -51,7 +57,7 @@ def clean(ref: ContactRef) -> ContactRef:
     )
 
 
-def _insert(conn: AsyncConnection) -> Any:
+def _insert(conn: Connection) -> Any:
     return postgresql.insert(contacts) if conn.dialect.name == "postgresql" else sqlite.insert(contacts)
 
 
@@ -67,8 +73,11 @@ async def existing(conn: AsyncConnection, refs: Sequence[ContactRef]) -> list[st
     return [r.id for r in await conn.execute(select(contacts.c.id).where(or_(*conds)))]
 
 
-async def resolve(conn: AsyncConnection, refs: Sequence[ContactRef | None], now: datetime) -> list[str | None]:
-    """The contact id of each reference, creating or updating contacts as the references say."""
+def resolve_sync(conn: Connection, refs: Sequence[ContactRef | None], now: datetime) -> list[str | None]:
+    """The contact id of each reference, creating or updating contacts as the references say.
+
+    Synchronous, so that a SQLite group commit runs whole in one thread (ingest.committer);
+    async callers use :func:`resolve`."""
     wanted = [r for r in refs if r is not None]
     ids = {r.id for r in wanted if r.id}
     phones = {r.phone for r in wanted if r.phone}
@@ -77,7 +86,7 @@ async def resolve(conn: AsyncConnection, refs: Sequence[ContactRef | None], now:
     by_phone: dict[str, str] = {}
     by_email: dict[str, str] = {}
 
-    async def load() -> None:
+    def load() -> None:
         conds = []
         if ids:
             conds.append(contacts.c.id.in_(ids))
@@ -87,14 +96,14 @@ async def resolve(conn: AsyncConnection, refs: Sequence[ContactRef | None], now:
             conds.append(contacts.c.email.in_(emails))
         if not conds:
             return
-        for row in await conn.execute(select(contacts).where(or_(*conds))):
+        for row in conn.execute(select(contacts).where(or_(*conds))):
             known[row.id] = row
             if row.phone:
                 by_phone[row.phone] = row.id
             if row.email:
                 by_email[row.email] = row.id
 
-    await load()
+    load()
     # Every contact this group needs that does not exist yet, inserted at once.
     new_rows: dict[str, dict[str, Any]] = {}
     for ref in wanted:
@@ -124,8 +133,8 @@ async def resolve(conn: AsyncConnection, refs: Sequence[ContactRef | None], now:
                 row["email"] = None
             taken_phones.add(row["phone"])
             taken_emails.add(row["email"])
-        await conn.execute(_insert(conn).on_conflict_do_nothing(), list(new_rows.values()))
-        await load()
+        conn.execute(_insert(conn).on_conflict_do_nothing(), list(new_rows.values()))
+        load()
     out: list[str | None] = []
     for given in refs:
         if given is None:
@@ -134,11 +143,16 @@ async def resolve(conn: AsyncConnection, refs: Sequence[ContactRef | None], now:
         contact_id = given.id or (by_phone.get(given.phone or "") or by_email.get(given.email or ""))
         out.append(contact_id)
         if given.id and contact_id in known:
-            await _update(conn, known[contact_id], given, by_phone, by_email, now)
+            _update(conn, known[contact_id], given, by_phone, by_email, now)
     return out
 
 
-async def _update(conn: AsyncConnection, row: Any, ref: ContactRef, by_phone: dict[str, str],
+async def resolve(conn: AsyncConnection, refs: Sequence[ContactRef | None], now: datetime) -> list[str | None]:
+    """:func:`resolve_sync` in the caller's transaction."""
+    return await conn.run_sync(resolve_sync, refs, now)
+
+
+def _update(conn: Connection, row: Any, ref: ContactRef, by_phone: dict[str, str],
                   by_email: dict[str, str], now: datetime) -> None:
     """An events source's contact fields win; a phone or email another contact holds is left alone."""
     values: dict[str, Any] = {}
@@ -155,4 +169,4 @@ async def _update(conn: AsyncConnection, row: Any, ref: ContactRef, by_phone: di
         if merged != row.attributes:
             values["attributes"] = merged
     if values:
-        await conn.execute(update(contacts).where(contacts.c.id == row.id).values(**values, updated_at=now))
+        conn.execute(update(contacts).where(contacts.c.id == row.id).values(**values, updated_at=now))

@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from engine.db.schema import contacts, suppressions
 from engine.events import Event
@@ -47,21 +47,23 @@ def with_keywords(items: Iterable[Incoming], policies: Policies) -> list[Incomin
     return out
 
 
-async def apply(conn: AsyncConnection, stored: Sequence[Event], policies: Policies, now: datetime) -> None:
-    """Update the suppression list for the opt-outs and opt-ins among newly stored events, in order."""
+def apply_sync(conn: Connection, stored: Sequence[Event], policies: Policies, now: datetime) -> None:
+    """Update the suppression list for the opt-outs and opt-ins among newly stored events, in order.
+
+    Synchronous: it is part of the group commit (ingest.committer)."""
     insert = postgresql.insert(suppressions) if conn.dialect.name == "postgresql" else sqlite.insert(suppressions)
     opting_out = sorted({e.contact_id for e in stored if e.contact_id and e.type in OPT_OUT_TYPES})
     if opting_out and conn.dialect.name == "postgresql":
         # Wait for sends in flight in other processes (they hold the row FOR SHARE).
-        await conn.execute(select(contacts.c.id).where(contacts.c.id.in_(opting_out)).with_for_update())
+        conn.execute(select(contacts.c.id).where(contacts.c.id.in_(opting_out)).with_for_update())
     for event in stored:
         if not event.contact_id:
             continue
         if event.type in OPT_OUT_TYPES:
-            await conn.execute(insert.on_conflict_do_nothing(), [
+            conn.execute(insert.on_conflict_do_nothing(), [
                 {"contact_id": event.contact_id, "channel": channel, "reason": event.type, "event_id": event.id,
                  "created_at": now} for channel in policies.opt_out_scope])
         elif event.type == "contact.opted_in":
             channels: Iterable[str] = [event.channel] if event.channel else policies.opt_out_scope
-            await conn.execute(delete(suppressions).where(suppressions.c.contact_id == event.contact_id,
+            conn.execute(delete(suppressions).where(suppressions.c.contact_id == event.contact_id,
                                                           suppressions.c.channel.in_(list(channels))))

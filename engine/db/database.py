@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import SingletonThreadPool
 
 from journeys.errors import ConfigError
 
@@ -34,8 +35,8 @@ def database_url(folder: str | Path, environ: dict[str, str] | None = None) -> s
     return f"sqlite+aiosqlite:///{path}"
 
 
-def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
+    @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         # Let us issue BEGIN ourselves: the driver's own BEGIN is deferred.
         dbapi_connection.isolation_level = None
@@ -46,7 +47,7 @@ def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -67,6 +68,19 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
+
+    def sqlite_writer(self) -> Engine:
+        """A synchronous engine on the same SQLite file, for a write transaction that runs whole
+        in one thread: through aiosqlite every statement is several hand-offs between the event
+        loop and its thread, which costs more than the statement (ingest.committer).
+
+        It is one more writer on the file: SQLite's lock (BEGIN IMMEDIATE, the busy timeout)
+        keeps its transactions and those of ``write`` apart, as it does between processes."""
+        assert self.is_sqlite
+        engine = create_engine(self.url.set(drivername="sqlite+pysqlite"), poolclass=SingletonThreadPool,
+                               pool_size=1)
+        _sqlite_pragmas(engine, immediate=True)
+        return engine
 
     async def dispose(self) -> None:
         await self.write.dispose()
@@ -91,8 +105,8 @@ def connect(url: str, *, schema: str | None = None, pool_size: int = 10) -> Data
         Path(database).parent.mkdir(parents=True, exist_ok=True)
         write = create_async_engine(parsed, pool_size=1, max_overflow=0, pool_timeout=60)
         read = create_async_engine(parsed, pool_size=pool_size)
-        _sqlite_pragmas(write, immediate=True)
-        _sqlite_pragmas(read, immediate=False)
+        _sqlite_pragmas(write.sync_engine, immediate=True)
+        _sqlite_pragmas(read.sync_engine, immediate=False)
         return Database(parsed, write, read)
     if backend == "postgresql":
         if parsed.drivername != "postgresql+asyncpg":

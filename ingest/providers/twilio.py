@@ -30,14 +30,22 @@ MESSAGE_ID_PARAM = "message_id"  # our message id in the StatusCallback URL
 TEMPORARY_ERRORS = {"30001", "30003", "30008", "30009", "30017"}
 
 
-def signature(token: str, url: str, params: list[tuple[str, str]], algorithm: str = "HMAC_SHA1") -> str:
+def _signed_params(params: list[tuple[str, str]]) -> str:
+    """The part of what Twilio signs that follows the URL."""
     # Twilio sorts by name; a repeated name's values are sorted and counted once.
     values: dict[str, set[str]] = {}
     for key, value in params:
         values.setdefault(key, set()).add(value)
-    payload = url + "".join(key + value for key in sorted(values) for value in sorted(values[key]))
+    return "".join(key + value for key in sorted(values) for value in sorted(values[key]))
+
+
+def _sign(token: str, url: str, signed_params: str, algorithm: str) -> str:
     digest = hashlib.sha256 if algorithm == "HMAC_SHA256" else hashlib.sha1
-    return base64.b64encode(hmac.new(token.encode(), payload.encode(), digest).digest()).decode()
+    return base64.b64encode(hmac.new(token.encode(), (url + signed_params).encode(), digest).digest()).decode()
+
+
+def signature(token: str, url: str, params: list[tuple[str, str]], algorithm: str = "HMAC_SHA1") -> str:
+    return _sign(token, url, _signed_params(params), algorithm)
 
 
 def _algorithm(request: RawRequest) -> str:
@@ -86,7 +94,8 @@ class TwilioProvider:
         else:
             params = parse_qsl(request.text(), keep_blank_values=True)
         algorithm = _algorithm(request)
-        expected = [signature(token, variant, params, algorithm) for token in source.secrets
+        signed = _signed_params(params)
+        expected = [_sign(token, variant, signed, algorithm) for token in source.secrets
                     for variant in _url_variants(url)]
         if not any_equal([given], expected):
             raise SignatureError("X-Twilio-Signature does not match (check public_url and the auth token)")
