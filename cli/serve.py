@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -100,6 +101,11 @@ def serve(path: str, host: str, port: int, dev: bool = False) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # readiness checks ask it every few seconds
     print(f"journeys: serving {folder} on http://{host}:{port} with {len(deployment.journeys)} journeys, "
           f"database {db.url.render_as_string(hide_password=True)}", flush=True)
+    # What start-up built (journeys, the app, SQLAlchemy's tables) lives as long as the process:
+    # frozen, the collector stops walking it, and its full passes no longer stall requests for
+    # tens of milliseconds.
+    gc.collect()
+    gc.freeze()
     # no access log: a line per webhook costs more than storing it; errors are still logged
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=20)
     return 0

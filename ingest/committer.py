@@ -10,6 +10,7 @@ nothing of theirs was acknowledged.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections import deque
 from dataclasses import dataclass, replace
@@ -27,6 +28,13 @@ from ingest.incoming import Incoming
 from journeys.config import Policies
 
 log = logging.getLogger("journeys.ingest")
+
+# How long the event loop waits for a SQLite group commit before it runs on (Committer).
+BLOCK_FOR = 0.05
+# After a group of at least BUSY_GROUP requests, the next group is collected for GROUP_WINDOW
+# seconds before it commits; after a smaller one, it commits at once.
+BUSY_GROUP = 8
+GROUP_WINDOW = 0.003
 
 
 @dataclass(frozen=True)
@@ -62,15 +70,17 @@ class Committer:
 
     A commit is scheduled when the first request of a group arrives and starts once the
     event loop has run every request that was ready with it, so one group holds what came in
-    together. The requests that arrive while it commits form the next group: groups grow
-    with the load by themselves.
+    together; when the last group was large, it also waits GROUP_WINDOW for more. The
+    requests that arrive while it commits form the next group: groups grow with the load by
+    themselves, and a lone webhook is committed at once.
 
-    On SQLite the group is written synchronously, on a connection of our own
+    On SQLite the group is written by a thread of our own on a synchronous connection
     (Database.sqlite_writer), while the process's one async write connection is held so no
     transaction of the engine is open meanwhile. Through aiosqlite every statement is several
-    hand-offs between the event loop and the driver's thread, and a thread of our own would
-    fight the event loop for the interpreter lock at every call into SQLite: both cost more
-    than the statements. Written in place, a group of 64 requests takes a few milliseconds.
+    hand-offs between the event loop and the driver's thread, which cost more than the
+    statements. The event loop waits for the thread (up to BLOCK_FOR) instead of running on:
+    a thread that has to win the interpreter lock back from a busy event loop at every call
+    into SQLite takes several times as long.
     """
 
     def __init__(self, db: Database, policies: Policies, *, max_batch: int = 512) -> None:
@@ -79,9 +89,11 @@ class Committer:
         self.max_batch = max_batch
         self._pending: deque[_Job] = deque()
         self._busy = False  # a commit is scheduled or running
+        self._last_group = 0  # requests in the last group: is the endpoint busy?
         self._idle = asyncio.Event()
         self._idle.set()
         self._sqlite: Engine | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def submit(self, source: str, provider: str, items: list[Incoming],
                      received_at: datetime | None = None) -> Outcome:
@@ -91,8 +103,7 @@ class Committer:
         if not self._busy:
             self._busy = True
             self._idle.clear()
-            # after the requests the event loop has ready now: they join this group
-            loop.call_soon(self._start, loop)
+            self._schedule(loop)
         return await job.future
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -101,6 +112,15 @@ class Committer:
         await self._idle.wait()
         self.close()
 
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._last_group >= BUSY_GROUP:
+            # Under load, wait a moment for the requests on their way: one commit of many
+            # costs far less than several of a few (PostgreSQL's commit_delay, in effect).
+            loop.call_later(GROUP_WINDOW, self._start, loop)
+        else:
+            # after the requests the event loop has ready now: they join this group
+            loop.call_soon(self._start, loop)
+
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         jobs: list[_Job] = []
         count = 0
@@ -108,6 +128,7 @@ class Committer:
             job = self._pending.popleft()
             jobs.append(job)
             count += len(job.items)
+        self._last_group = len(jobs)
         task = loop.create_task(self._commit(jobs))
         task.add_done_callback(lambda finished: self._finish(loop, jobs, finished))
 
@@ -124,7 +145,7 @@ class Committer:
                 if not job.future.done():
                     job.future.set_result(outcome)
         if self._pending:
-            self._start(loop)
+            self._schedule(loop)
         else:
             self._busy = False
             self._idle.set()
@@ -139,7 +160,18 @@ class Committer:
                 async with self.db.write.begin() as conn:
                     return await conn.run_sync(self._write_on, jobs, now)
             async with self.db.write.connect():  # see the class docstring
-                return self._write_sqlite(jobs, now)
+                written = self._writer().submit(self._write_sqlite, jobs, now)
+                try:
+                    return written.result(timeout=BLOCK_FOR)
+                except concurrent.futures.TimeoutError:
+                    # Someone else holds SQLite's lock (another process, or a connection of this
+                    # one that needs the event loop to finish): let the loop run meanwhile.
+                    return await asyncio.wrap_future(written)
+
+    def _writer(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._thread is None:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journeys-ingest-writer")
+        return self._thread
 
     async def _opting_out(self, jobs: list[_Job]) -> list[str]:
         refs = [i.contact for job in jobs for i in job.items
@@ -174,10 +206,13 @@ class Committer:
                 for batch in per_job]
 
     def close(self) -> None:
-        """Close the SQLite writer's connection."""
-        if self._sqlite is not None:
-            self._sqlite.dispose()
-            self._sqlite = None
+        """Close the SQLite writer's connection, in its thread, and the thread."""
+        thread, engine = self._thread, self._sqlite
+        self._thread = self._sqlite = None
+        if thread is not None:
+            if engine is not None:
+                thread.submit(engine.dispose).result()
+            thread.shutdown()
 
 
 def cleaned(items: list[Incoming]) -> list[Incoming]:
