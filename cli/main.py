@@ -56,7 +56,13 @@ def _simulate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from cli.serve import serve
 
-    return serve(args.dir, args.host, args.port, args.dev)
+    return serve(args.dir, args.host, args.port, args.dev, engine_here=not args.no_engine)
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from cli.serve import run_engine
+
+    return run_engine(args.dir, args.dev)
 
 
 def _db(args: argparse.Namespace) -> int:
@@ -168,7 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev", action="store_true",
                    help="for a laptop: a secret whose environment variable is missing gets a random value "
                    "for this run (printed) instead of stopping the start")
+    p.add_argument("--no-engine", action="store_true",
+                   help="serve HTTP only (webhooks, admin API, health) and leave the engine, timers and "
+                   "actions to `journeys engine` processes: webhooks then never wait behind journey work")
     p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("engine", help="run the engine, timers and actions without HTTP (beside serve --no-engine)",
+                       description="Run what `journeys serve` runs besides HTTP: the engine, the timers and "
+                       "the action executor (or, with JOURNEYS_REDIS_URL set, the relay to `journeys worker`), "
+                       "for the deployment in DIR, until SIGTERM. Use it beside `journeys serve --no-engine`, "
+                       "on the same database; on PostgreSQL, several may run at once. The database must be "
+                       "migrated (`journeys db upgrade DIR`).")
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    p.add_argument("--dev", action="store_true",
+                   help="for a laptop, as for serve: a secret whose environment variable is missing gets a "
+                   "random value for this run")
+    p.set_defaults(handler=_engine)
 
     p = sub.add_parser("db", help="database maintenance (db upgrade)",
                        description="Database maintenance. `journeys db upgrade [DIR]` applies every migration "

@@ -6,9 +6,10 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,25 +58,25 @@ async def prepare(folder: Path, deployment: Deployment) -> tuple[Database, Engin
     return db, Engine(db, registry, worker, settings)
 
 
-def serve(path: str, host: str, port: int, dev: bool = False) -> int:
-    import uvicorn
+Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
-    from actions.executor import Executor
-    from actions.templates import TemplateStore
-    from ingest.app import build_app
-    from ingest.committer import Committer
-    from ingest.routes import ROUTES, Ingest
 
+def _load(path: str, dev: bool) -> tuple[Path, Deployment]:
     folder = _folder(path)
     environ = DevEnvironment(os.environ) if dev else None
     deployment = load_deployment(str(folder), environ)
     if environ is not None:
         for name, value in sorted(environ.generated.items()):
             print(f"journeys: --dev: {name} is not set; using {value} for this run", flush=True)
-    db, engine = asyncio.run(prepare(folder, deployment))
-    # The pool was made on the set-up loop; uvicorn runs its own.
-    asyncio.run(db.dispose())
-    committer = Committer(db, deployment.config.policies)
+    return folder, deployment
+
+
+def processing(folder: Path, deployment: Deployment, db: Database, engine: Engine) -> list[Loop]:
+    """The loops that move journeys along: the engine, the timers, and the actions (run here by
+    the embedded executor, or relayed to `journeys worker` when JOURNEYS_REDIS_URL is set)."""
+    from actions.executor import Executor
+    from actions.templates import TemplateStore
+
     redis_url = os.environ.get("JOURNEYS_REDIS_URL")
     if redis_url:
         # arq workers (`journeys worker`) run the jobs; this process only relays the due ones
@@ -86,28 +87,81 @@ def serve(path: str, host: str, port: int, dev: bool = False) -> int:
     else:
         executor = Executor(db, deployment.config, TemplateStore(folder / "templates"), engine.worker_id)
         run_jobs = executor.run
-    app = build_app(db, loops=[engine.run, lambda stop: timers.run(db, stop), committer.run, run_jobs],
-                    admin_token=os.environ.get("JOURNEYS_ADMIN_TOKEN") or None,
-                    state={"deployment": deployment, "registry": engine.registry,
-                           "ingest": Ingest(deployment.config, committer)},
-                    route_handlers=ROUTES)
-    # The database driver runs in a thread; with the default 5 ms switch interval it waits
-    # that long for the interpreter lock whenever request handling keeps the loop busy.
-    sys.setswitchinterval(0.0005)
+    return [engine.run, lambda stop: timers.run(db, stop), run_jobs]
+
+
+def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # one line per outbound call (with its full URL, which may carry a secret) is too much
     for noisy in ("httpx", "httpcore", "arq.worker", "arq.jobs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # readiness checks ask it every few seconds
-    print(f"journeys: serving {folder} on http://{host}:{port} with {len(deployment.journeys)} journeys, "
-          f"database {db.url.render_as_string(hide_password=True)}", flush=True)
-    # What start-up built (journeys, the app, SQLAlchemy's tables) lives as long as the process:
-    # frozen, the collector stops walking it, and its full passes no longer stall requests for
-    # tens of milliseconds.
+
+
+def _settle() -> None:
+    """For a long-running process, once start-up is done.
+
+    What start-up built (journeys, the app, SQLAlchemy's tables) lives as long as the process:
+    frozen, the collector stops walking it, and its full passes no longer stall requests for
+    tens of milliseconds. The database driver runs in a thread; with the default 5 ms switch
+    interval it waits that long for the interpreter lock whenever the event loop is busy."""
+    sys.setswitchinterval(0.0005)
     gc.collect()
     gc.freeze()
+
+
+def serve(path: str, host: str, port: int, dev: bool = False, engine_here: bool = True) -> int:
+    import uvicorn
+
+    from ingest.app import build_app
+    from ingest.committer import Committer
+    from ingest.routes import ROUTES, Ingest
+
+    folder, deployment = _load(path, dev)
+    db, engine = asyncio.run(prepare(folder, deployment))
+    # The pool was made on the set-up loop; uvicorn runs its own.
+    asyncio.run(db.dispose())
+    committer = Committer(db, deployment.config.policies)
+    loops: list[Loop] = [committer.run]
+    if engine_here:
+        loops += processing(folder, deployment, db, engine)
+    app = build_app(db, loops=loops, admin_token=os.environ.get("JOURNEYS_ADMIN_TOKEN") or None,
+                    state={"deployment": deployment, "registry": engine.registry,
+                           "ingest": Ingest(deployment.config, committer)},
+                    route_handlers=ROUTES)
+    _logging()
+    print(f"journeys: serving {folder} on http://{host}:{port} with {len(deployment.journeys)} journeys, "
+          f"database {db.url.render_as_string(hide_password=True)}"
+          + ("" if engine_here else "; no engine here (run `journeys engine`)"), flush=True)
+    _settle()
     # no access log: a line per webhook costs more than storing it; errors are still logged
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=20)
+    return 0
+
+
+def run_engine(path: str, dev: bool = False) -> int:
+    """``journeys engine``: the processing loops of serve, without HTTP, until SIGTERM or SIGINT."""
+    folder, deployment = _load(path, dev)
+
+    async def main() -> None:
+        db, engine = await prepare(folder, deployment)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(run(stop)) for run in processing(folder, deployment, db, engine)]
+        print(f"journeys: engine for {folder} with {len(deployment.journeys)} journeys, database "
+              f"{db.url.render_as_string(hide_password=True)}", flush=True)
+        await stop.wait()
+        # each loop finishes its batch and hands back what it claimed
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, BaseException):
+                logging.getLogger("journeys.engine").error("loop ended with %r", result)
+        await db.dispose()
+
+    _logging()
+    _settle()
+    asyncio.run(main())
     return 0
 
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from sqlalchemy.engine import Connection, Engine
 
 from actions.gate import GATES
+from engine.db.checkpoint import Checkpointer
 from engine.db.database import Database
 from engine.events import Event
 from engine.store import new_event_id, store_events_sync
@@ -94,6 +95,7 @@ class Committer:
         self._idle.set()
         self._sqlite: Engine | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._checkpoints: Checkpointer | None = None
 
     async def submit(self, source: str, provider: str, items: list[Incoming],
                      received_at: datetime | None = None) -> Outcome:
@@ -184,6 +186,8 @@ class Committer:
     def _write_sqlite(self, jobs: list[_Job], now: datetime) -> list[Outcome]:
         if self._sqlite is None:
             self._sqlite = self.db.sqlite_writer()
+            self._checkpoints = Checkpointer(self.db.url.database or "")
+            self._checkpoints.start()
         with self._sqlite.begin() as conn:
             return self._write_on(conn, jobs, now)
 
@@ -206,15 +210,25 @@ class Committer:
                 for batch in per_job]
 
     def close(self) -> None:
-        """Close the SQLite writer's connection, in its thread, and the thread."""
+        """Close the SQLite writer's connection, in its thread, the thread and the checkpoints."""
         thread, engine = self._thread, self._sqlite
         self._thread = self._sqlite = None
         if thread is not None:
             if engine is not None:
                 thread.submit(engine.dispose).result()
             thread.shutdown()
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
+            self._checkpoints = None
 
 
 def cleaned(items: list[Incoming]) -> list[Incoming]:
     """Items with canonical phones and emails (raises MalformedError on a bad one)."""
-    return [replace(i, contact=contacts.clean(i.contact)) if i.contact else i for i in items]
+    out = []
+    for item in items:
+        if item.contact is not None:
+            contact = contacts.clean(item.contact)
+            if contact != item.contact:  # most providers send canonical numbers already
+                item = replace(item, contact=contact)
+        out.append(item)
+    return out

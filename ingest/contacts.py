@@ -57,6 +57,11 @@ def clean(ref: ContactRef) -> ContactRef:
     )
 
 
+# What resolve_sync and _update read of a contact (not its timestamps: fewer values to convert).
+_RESOLVE_COLUMNS = (contacts.c.id, contacts.c.phone, contacts.c.email, contacts.c.timezone, contacts.c.locale,
+                    contacts.c.attributes)
+
+
 def _insert(conn: Connection) -> Any:
     return postgresql.insert(contacts) if conn.dialect.name == "postgresql" else sqlite.insert(contacts)
 
@@ -86,6 +91,9 @@ def resolve_sync(conn: Connection, refs: Sequence[ContactRef | None], now: datet
     by_phone: dict[str, str] = {}
     by_email: dict[str, str] = {}
 
+    # attributes (JSON) are read only when a reference brings some to merge
+    columns = _RESOLVE_COLUMNS if any(r.attributes for r in wanted) else _RESOLVE_COLUMNS[:-1]
+
     def load() -> None:
         conds = []
         if ids:
@@ -96,7 +104,7 @@ def resolve_sync(conn: Connection, refs: Sequence[ContactRef | None], now: datet
             conds.append(contacts.c.email.in_(emails))
         if not conds:
             return
-        for row in conn.execute(select(contacts).where(or_(*conds))):
+        for row in conn.execute(select(*columns).where(or_(*conds))):
             known[row.id] = row
             if row.phone:
                 by_phone[row.phone] = row.id

@@ -6,8 +6,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from ingest.errors import ContentTypeError, MalformedError
 
@@ -51,12 +52,26 @@ class RawRequest:
         check_depth(value)
         return value
 
+    @cached_property
+    def form_pairs(self) -> list[tuple[str, str]]:
+        """The form body's fields in order, repeats kept; parsed once (signature check, then reading).
+
+        What ``parse_qsl(text, keep_blank_values=True)`` gives, without its per-field
+        unquoting where a field has nothing to unquote (most of a webhook's fields)."""
+        pairs = []
+        for field_ in self.text().split("&"):
+            if not field_:
+                continue
+            name, _, value = field_.partition("=")
+            if "%" in name or "+" in name:
+                name = unquote(name.replace("+", " "))
+            if "%" in value or "+" in value:
+                value = unquote(value.replace("+", " "))
+            pairs.append((name, value))
+        return pairs
+
     def form(self) -> dict[str, str]:
-        try:
-            pairs = parse_qsl(self.text(), keep_blank_values=True, strict_parsing=False)
-        except ValueError as exc:
-            raise MalformedError(f"the body is not a form: {exc}") from exc
-        return dict(pairs)
+        return dict(self.form_pairs)
 
 
 def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:

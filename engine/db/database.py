@@ -10,6 +10,8 @@ tests) goes into the search path.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from journeys.errors import ConfigError
 
 DEFAULT_FILE = "journeys.db"
 BUSY_TIMEOUT_MS = 10_000
+POLL = 0.0005  # seconds between tries for SQLite's write lock, where a connection polls for it
 
 
 def database_url(folder: str | Path, environ: dict[str, str] | None = None) -> str:
@@ -35,21 +38,43 @@ def database_url(folder: str | Path, environ: dict[str, str] | None = None) -> s
     return f"sqlite+aiosqlite:///{path}"
 
 
-def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
+def _sqlite_pragmas(engine: Engine, *, immediate: bool, poll: bool = False) -> None:
+    """WAL and the rest for every connection of *engine*; BEGIN IMMEDIATE when *immediate*.
+
+    *poll*: wait for another writer by trying BEGIN IMMEDIATE again every POLL seconds rather
+    than through SQLite's busy handler, which sleeps up to 100 ms at a time once a wait has
+    lasted a while: a webhook would wait a whole sleep after the lock came free. Only a
+    connection used from a thread of its own may poll (the waits block its thread). Its
+    commits also leave the log's checkpoints to an engine.db.checkpoint.Checkpointer."""
+
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         # Let us issue BEGIN ourselves: the driver's own BEGIN is deferred.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={0 if poll else BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if poll:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")  # a Checkpointer does it (engine.db.checkpoint)
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if not poll:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            return
+        raw = conn.connection.driver_connection
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(POLL)
 
 
 @dataclass
@@ -79,7 +104,7 @@ class Database:
         assert self.is_sqlite
         engine = create_engine(self.url.set(drivername="sqlite+pysqlite"), poolclass=SingletonThreadPool,
                                pool_size=1)
-        _sqlite_pragmas(engine, immediate=True)
+        _sqlite_pragmas(engine, immediate=True, poll=True)
         return engine
 
     async def dispose(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from functools import lru_cache
 from types import MappingProxyType
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -58,8 +59,9 @@ def _algorithm(request: RawRequest) -> str:
     return "HMAC_SHA1"
 
 
-def _url_variants(url: str) -> list[str]:
-    """The URL with and without the default port: Twilio signs whichever it was given."""
+@lru_cache(maxsize=64)
+def _url_forms(url: str) -> tuple[str, ...]:
+    """*url* as given, without the default port and with it: Twilio signs whichever it was given."""
     parts = urlsplit(url)
     userinfo = parts.netloc.rpartition("@")[0]
     host = (f"{userinfo}@" if userinfo else "") + (parts.hostname or "")
@@ -67,15 +69,15 @@ def _url_variants(url: str) -> list[str]:
     bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
     with_port = urlunsplit((parts.scheme, f"{host}:{parts.port or default}", parts.path, parts.query,
                             parts.fragment))
-    forms = [url, bare, with_port]
+    return tuple(dict.fromkeys([url, bare, with_port]))
+
+
+def _url_variants(base: str, query: str) -> list[str]:
+    """The URLs Twilio may have signed for a request to *base* with *query*."""
+    forms = [f"{form}?{query}" if query else form for form in _url_forms(base)]
     # Twilio percent-encodes an apostrophe before signing; people configure it raw
     forms += [f.replace("'", "%27") for f in forms]
     return list(dict.fromkeys(forms))
-
-
-def _called_url(request: RawRequest, source: SourceConfig) -> str:
-    base = source.public_url or ""
-    return f"{base}?{request.query}" if request.query else base
 
 
 class TwilioProvider:
@@ -84,7 +86,6 @@ class TwilioProvider:
 
     def verify(self, request: RawRequest, source: SourceConfig) -> None:
         given = require(request.header("x-twilio-signature"), "X-Twilio-Signature header")
-        url = _called_url(request, source)
         if request.media_type == "application/json":
             body_hash = dict(parse_qsl(request.query)).get("bodySHA256")
             if not body_hash or not hmac.compare_digest(body_hash.lower(),
@@ -92,11 +93,11 @@ class TwilioProvider:
                 raise SignatureError("bodySHA256 is missing or does not match the body")
             params: list[tuple[str, str]] = []
         else:
-            params = parse_qsl(request.text(), keep_blank_values=True)
+            params = request.form_pairs
         algorithm = _algorithm(request)
         signed = _signed_params(params)
         expected = [_sign(token, variant, signed, algorithm) for token in source.secrets
-                    for variant in _url_variants(url)]
+                    for variant in _url_variants(source.public_url or "", request.query)]
         if not any_equal([given], expected):
             raise SignatureError("X-Twilio-Signature does not match (check public_url and the auth token)")
 
