@@ -17,6 +17,7 @@ from litestar.openapi import OpenAPIConfig
 
 from engine.admin import AdminController, healthz, openapi_document, readyz
 from engine.db.database import Database
+from ingest.routes import document, ingest_endpoint
 
 log = logging.getLogger("journeys.serve")
 
@@ -50,6 +51,9 @@ def build_app(db: Database, *, loops: Sequence[Loop] = (), admin_token: str | No
         openapi_config=OpenAPIConfig(title="journeys", version="0.1.0", path="/schema/ui"),
         debug=False,
     )
+
+    if ingest_endpoint in route_handlers:
+        document(app.openapi_schema)
     app.state["db"] = db
     app.state["admin_token"] = admin_token
     for key, value in (state or {}).items():

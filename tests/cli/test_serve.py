@@ -1,9 +1,11 @@
 """``journeys serve`` as a real process: it starts, serves, runs the engine, stops cleanly on SIGTERM,
-and refuses a database whose migrations are behind."""
+and refuses a database whose migrations are behind; ``serve --no-engine`` beside ``journeys engine``."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import shutil
 import signal
@@ -150,3 +152,57 @@ def test_serve_names_a_missing_secret(deployment: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "environment variable TWILIO_AUTH_TOKEN is not set" in proc.stderr
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([EXE, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_webhooks_and_the_engine_in_two_processes(deployment: Path, tmp_path: Path) -> None:
+    from ingest.providers.events import sign
+
+    secret = "whsec_" + base64.b64encode(b"two-processes-secret-0123456789ab").decode()
+    env = {**_env(), "APP_WEBHOOK_SECRET": secret}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    web = _start(["serve", str(deployment), "--dev", "--port", str(port), "--no-engine"], tmp_path / "web.log", env)
+    engine: subprocess.Popen[bytes] | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and web.poll() is None:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        contact = {"id": "c-9", "phone": "+4915112345679"}
+        body = json.dumps({"id": "inv-9", "type": "invoice.overdue", "contact": contact,
+                           "data": {"amount_due": 12, "invoice_id": "I-9"}}).encode()
+        stamp = int(time.time())
+        answer = httpx.post(f"{base}/ingest/app", content=body, headers={
+            "content-type": "application/json", "webhook-id": "msg_9", "webhook-timestamp": str(stamp),
+            "webhook-signature": sign(secret, "msg_9", stamp, body)})
+        assert answer.status_code == 202, answer.text
+        time.sleep(0.5)
+        # stored, and nobody here to process it
+        [stored] = httpx.get(f"{base}/api/events", params={"contact_id": "c-9"}).json()["items"]
+        assert stored["status"] == "pending"
+        assert httpx.get(f"{base}/api/instances", params={"contact_id": "c-9"}).json()["items"] == []
+
+        engine = _start(["engine", str(deployment), "--dev"], tmp_path / "engine.log", env)
+        items: list[dict[str, object]] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not items:
+            items = httpx.get(f"{base}/api/instances", params={"contact_id": "c-9"}).json()["items"]
+            time.sleep(0.1)
+        assert [(i["journey"], i["state"], i["status"]) for i in items] == [("payment-reminder", "remind", "active")]
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(timeout=30) == 0, (tmp_path / "engine.log").read_text(errors="replace")
+        assert "journeys: engine for" in (tmp_path / "engine.log").read_text()
+        assert "no engine here" in (tmp_path / "web.log").read_text()
+    finally:
+        for proc in (web, engine):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)

@@ -225,3 +225,74 @@ async def test_group_commit_answers_each_request_after_the_commit(db: Database) 
         assert {a.status_code for a in answers} == {202}
         assert len(await rows(db, select(events))) == 40
 
+
+
+async def test_sqlite_that_cannot_be_written_is_503(db: Database, tmp_path: Any) -> None:
+    broken = connect(f"sqlite+aiosqlite:///{tmp_path}")  # a folder, not a database file
+    body, headers = signed(EVENT)
+    async with client(db, store=broken) as c:
+        answer = await c.post("/ingest/app", content=body, headers=headers)
+    assert answer.status_code == 503, answer.text
+    assert answer.headers.get("retry-after") and "storage unavailable" in answer.json()["error"]
+    assert await rows(db, select(events)) == []
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("PUT", "/ingest/app", 405), ("DELETE", "/ingest/app", 405), ("GET", "/ingest/app", 405),
+    ("POST", "/ingest/", 404), ("POST", "/ingest/app/extra", 404), ("GET", "/ingest/nope", 404),
+])
+async def test_methods_and_paths_around_the_endpoint(db: Database, method: str, path: str, status: int) -> None:
+    body, headers = signed(EVENT)
+    async with client(db) as c:
+        answer = await c.request(method, path, content=body, headers=headers)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]
+    assert await rows(db, select(events)) == []
+
+
+async def _asgi_post(app: Any, path: str, headers: dict[str, str], chunks: list[bytes],
+                     hang_up: bool = False) -> tuple[int, list[int]]:
+    """POST *chunks* as separate ASGI messages, with no content-length, the client going away
+    before the end when *hang_up*; (status, chunks read)."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    read: list[int] = []
+    out: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        read.append(len(read))
+        i = len(read) - 1
+        if i >= len(chunks):
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": chunks[i], "more_body": hang_up or i < len(chunks) - 1}
+
+    async def send(message: dict[str, Any]) -> None:
+        out.append(message)
+
+    await app(scope, receive, send)
+    return next(m["status"] for m in out if m["type"] == "http.response.start"), read
+
+
+async def test_a_body_without_a_declared_length_is_held_to_the_limit(db: Database) -> None:
+    body, headers = signed({**EVENT, "data": {"x": "y" * 5000}})
+    chunks = [body[i:i + 512] for i in range(0, len(body), 512)]
+    async with client(db) as c:
+        status, read = await _asgi_post(c.app, "/ingest/small", headers, chunks)
+        # a body cut short by the client is refused, not stored
+        whole, whole_headers = signed(EVENT)
+        cut, _ = await _asgi_post(c.app, "/ingest/app", whole_headers, [whole[:20], whole[20:40]], hang_up=True)
+    assert (status, cut) == (413, 400)
+    assert len(read) == 2048 // 512 + 1 < len(chunks)  # it stopped reading at the limit
+    assert await rows(db, select(events)) == []
+
+
+async def test_the_openapi_document_describes_the_endpoint(db: Database) -> None:
+    async with client(db) as c:
+        document = (await c.get("/schema")).json()
+    operation = document["paths"]["/ingest/{source}"]["post"]
+    assert {"200", "202", "400", "401", "404", "413", "415", "429", "503"} <= set(operation["responses"])
+    assert "Retry-After" in operation["responses"]["503"]["headers"]
+    assert [p["name"] for p in operation["parameters"]] == ["source"]
+    assert "get" in document["paths"]["/ingest/{source}"]
