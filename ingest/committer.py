@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from sqlalchemy.engine import Connection, Engine
 
 from actions.gate import GATES
-from engine.db.checkpoint import Checkpointer
 from engine.db.database import Database
 from engine.events import Event
 from engine.store import new_event_id, store_events_sync
@@ -36,6 +35,8 @@ BLOCK_FOR = 0.05
 # seconds before it commits; after a smaller one, it commits at once.
 BUSY_GROUP = 8
 GROUP_WINDOW = 0.003
+# SQLite: the ingest writer checkpoints the write-ahead log after this many events (Committer._checkpoint).
+CHECKPOINT_EVERY = 1000
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class Committer:
         self._idle.set()
         self._sqlite: Engine | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
-        self._checkpoints: Checkpointer | None = None
+        self._since_checkpoint = 0  # items written since the last WAL checkpoint (SQLite)
 
     async def submit(self, source: str, provider: str, items: list[Incoming],
                      received_at: datetime | None = None) -> Outcome:
@@ -162,13 +163,20 @@ class Committer:
                 async with self.db.write.begin() as conn:
                     return await conn.run_sync(self._write_on, jobs, now)
             async with self.db.write.connect():  # see the class docstring
-                written = self._writer().submit(self._write_sqlite, jobs, now)
+                writer = self._writer()
+                written = writer.submit(self._write_sqlite, jobs, now)
                 try:
-                    return written.result(timeout=BLOCK_FOR)
+                    outcomes = written.result(timeout=BLOCK_FOR)
                 except concurrent.futures.TimeoutError:
                     # Someone else holds SQLite's lock (another process, or a connection of this
                     # one that needs the event loop to finish): let the loop run meanwhile.
-                    return await asyncio.wrap_future(written)
+                    outcomes = await asyncio.wrap_future(written)
+                self._since_checkpoint += sum(len(job.items) for job in jobs)
+                if self._since_checkpoint >= CHECKPOINT_EVERY:
+                    # next in the writer's queue, but nobody waits for it: see _checkpoint
+                    self._since_checkpoint = 0
+                    writer.submit(self._checkpoint)
+                return outcomes
 
     def _writer(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._thread is None:
@@ -186,10 +194,28 @@ class Committer:
     def _write_sqlite(self, jobs: list[_Job], now: datetime) -> list[Outcome]:
         if self._sqlite is None:
             self._sqlite = self.db.sqlite_writer()
-            self._checkpoints = Checkpointer(self.db.url.database or "")
-            self._checkpoints.start()
         with self._sqlite.begin() as conn:
             return self._write_on(conn, jobs, now)
+
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead log back into the database file.
+
+        SQLite does this itself after a commit that finds the log over 1,000 pages, and that
+        commit's requests wait for the copy. The writer's connection has that turned off, and
+        does it here, between two commits: in its own thread, with SQLite's C code not holding
+        the interpreter lock, while the event loop answers the requests just committed. With
+        no write open, the checkpoint reaches the end of the log, and the next write starts the
+        log over (a checkpointer running beside the writer never catches up, and the log grows
+        without end)."""
+        assert self._sqlite is not None
+        # On the driver's connection: through SQLAlchemy the statement would first begin a write.
+        pooled = self._sqlite.raw_connection()
+        try:
+            pooled.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # type: ignore[union-attr]
+        except Exception:  # the next one tries again; nothing waits on this
+            log.exception("WAL checkpoint failed")
+        finally:
+            pooled.close()
 
     def _write_on(self, conn: Connection, jobs: list[_Job], now: datetime) -> list[Outcome]:
         refs = [item.contact for job in jobs for item in job.items]
@@ -210,16 +236,13 @@ class Committer:
                 for batch in per_job]
 
     def close(self) -> None:
-        """Close the SQLite writer's connection, in its thread, the thread and the checkpoints."""
+        """Close the SQLite writer's connection, in its thread, and the thread."""
         thread, engine = self._thread, self._sqlite
         self._thread = self._sqlite = None
         if thread is not None:
             if engine is not None:
                 thread.submit(engine.dispose).result()
             thread.shutdown()
-        if self._checkpoints is not None:
-            self._checkpoints.stop()
-            self._checkpoints = None
 
 
 def cleaned(items: list[Incoming]) -> list[Incoming]:

@@ -44,8 +44,9 @@ def _sqlite_pragmas(engine: Engine, *, immediate: bool, poll: bool = False) -> N
     *poll*: wait for another writer by trying BEGIN IMMEDIATE again every POLL seconds rather
     than through SQLite's busy handler, which sleeps up to 100 ms at a time once a wait has
     lasted a while: a webhook would wait a whole sleep after the lock came free. Only a
-    connection used from a thread of its own may poll (the waits block its thread). Its
-    commits also leave the log's checkpoints to an engine.db.checkpoint.Checkpointer."""
+    connection used from a thread of its own may poll (the waits block its thread). Such a
+    connection also leaves the write-ahead log's checkpoints to its owner (ingest.committer
+    runs them between commits, when no request waits)."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -57,7 +58,7 @@ def _sqlite_pragmas(engine: Engine, *, immediate: bool, poll: bool = False) -> N
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         if poll:
-            cursor.execute("PRAGMA wal_autocheckpoint=0")  # a Checkpointer does it (engine.db.checkpoint)
+            cursor.execute("PRAGMA wal_autocheckpoint=0")  # the ingest writer does it between commits
         cursor.close()
 
     @event.listens_for(engine, "begin")

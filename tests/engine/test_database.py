@@ -1,4 +1,4 @@
-"""SQLite specifics of engine/db: the ingest writer's wait for the write lock, and checkpoints."""
+"""SQLite specifics of engine/db: the ingest writer's wait for the write lock, and the log's size."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import text
 
 from engine.db import migrate
-from engine.db.checkpoint import Checkpointer
 from engine.db.database import Database, connect
 from tests.services import sqlite_url
 
@@ -50,23 +49,3 @@ def test_the_writer_takes_the_lock_as_soon_as_it_is_free(sqlite_db: Database) ->
     holder.close()
     assert got >= released[0]
     assert got - released[0] < 0.03  # polled: not a busy-handler sleep after the release
-
-
-def test_the_checkpointer_copies_the_log_into_the_database_file(sqlite_db: Database) -> None:
-    path = Path(sqlite_db.url.database or "")
-    writer = sqlite_db.sqlite_writer()  # commits without checkpoints of their own
-    with writer.begin() as conn:
-        for i in range(2000):
-            conn.execute(text("INSERT INTO suppressions (contact_id, channel, reason, created_at) "
-                              f"VALUES ('c-{i}', 'sms', '{'x' * 200}', '2026-01-01 00:00:00.000000')"))
-    size_before = path.stat().st_size
-    checkpoints = Checkpointer(str(path), every=0.05)
-    checkpoints.start()
-    deadline = time.monotonic() + 5
-    while path.stat().st_size <= size_before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    checkpoints.stop()
-    writer.dispose()
-    assert path.stat().st_size > size_before + 2000 * 200  # the rows are in the file, not only in the log
-    with sqlite3.connect(path) as check:
-        assert check.execute("SELECT count(*) FROM suppressions").fetchone() == (2000,)
