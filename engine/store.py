@@ -8,6 +8,7 @@ caller owns the transaction, so many requests can share one commit (group commit
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,8 +24,12 @@ from engine.events import Event
 
 
 def new_event_id() -> str:
-    """128 random bits (a uuid4 without its version bits, made without the UUID object)."""
-    return f"ev-{os.urandom(16).hex()}"
+    """The time in milliseconds, then 80 random bits (the layout of a UUIDv7).
+
+    Ids that grow with time are inserted at the end of the ids' index: a random id lands on
+    another page of it each time, and once the log has some 50,000 events every insert
+    rewrites pages all over that index (more to write at each commit, more to checkpoint)."""
+    return f"ev-{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 def partition_of(event: Event) -> str:

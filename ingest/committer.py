@@ -97,6 +97,7 @@ class Committer:
         self._sqlite: Engine | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._since_checkpoint = 0  # items written since the last WAL checkpoint (SQLite)
+        self._checkpointing = False  # one is queued or running in the writer's thread
 
     async def submit(self, source: str, provider: str, items: list[Incoming],
                      received_at: datetime | None = None) -> Outcome:
@@ -165,16 +166,21 @@ class Committer:
             async with self.db.write.connect():  # see the class docstring
                 writer = self._writer()
                 written = writer.submit(self._write_sqlite, jobs, now)
-                try:
-                    outcomes = written.result(timeout=BLOCK_FOR)
-                except concurrent.futures.TimeoutError:
-                    # Someone else holds SQLite's lock (another process, or a connection of this
-                    # one that needs the event loop to finish): let the loop run meanwhile.
+                if self._checkpointing:
+                    # queued behind a checkpoint (tens of ms): the event loop runs on meanwhile
                     outcomes = await asyncio.wrap_future(written)
+                else:
+                    try:
+                        outcomes = written.result(timeout=BLOCK_FOR)
+                    except concurrent.futures.TimeoutError:
+                        # Someone else holds SQLite's lock (another process, or a connection of
+                        # this one that needs the event loop to finish): let the loop run meanwhile.
+                        outcomes = await asyncio.wrap_future(written)
                 self._since_checkpoint += sum(len(job.items) for job in jobs)
                 if self._since_checkpoint >= CHECKPOINT_EVERY:
                     # next in the writer's queue, but nobody waits for it: see _checkpoint
                     self._since_checkpoint = 0
+                    self._checkpointing = True
                     writer.submit(self._checkpoint)
                 return outcomes
 
@@ -216,6 +222,7 @@ class Committer:
             log.exception("WAL checkpoint failed")
         finally:
             pooled.close()
+            self._checkpointing = False
 
     def _write_on(self, conn: Connection, jobs: list[_Job], now: datetime) -> list[Outcome]:
         refs = [item.contact for job in jobs for item in job.items]

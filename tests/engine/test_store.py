@@ -47,3 +47,16 @@ async def test_a_group_of_new_events_is_stored_whole(db: Database) -> None:
     assert sorted(stored.inserted) == sorted(e.id for e in batch) and stored.duplicates == []
     async with db.read.connect() as conn:
         assert len((await conn.execute(select(events.c.id))).all()) == 100
+
+
+def test_new_event_ids_grow_with_time_and_do_not_repeat() -> None:
+    import time
+
+    from engine.store import new_event_id
+
+    first = [new_event_id() for _ in range(1000)]
+    time.sleep(0.002)
+    later = new_event_id()
+    assert len(set(first)) == 1000
+    assert all(len(i) == 35 and i.startswith("ev-") for i in first)
+    assert max(first) < later  # a later millisecond sorts after: inserts land at the index's end
