@@ -106,6 +106,12 @@ def _worker(args: argparse.Namespace) -> int:
     return run(args.dir)
 
 
+def _dev_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dev", action="store_true",
+                   help="for a laptop: a secret whose environment variable is missing gets a random value "
+                   "for this run (printed) instead of stopping the start")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="journeys",
@@ -171,9 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default=".", metavar="DIR")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--dev", action="store_true",
-                   help="for a laptop: a secret whose environment variable is missing gets a random value "
-                   "for this run (printed) instead of stopping the start")
+    _dev_flag(p)
     p.add_argument("--no-engine", action="store_true",
                    help="serve HTTP only (webhooks, admin API, health) and leave the engine, timers and "
                    "actions to `journeys engine` processes: webhooks then never wait behind journey work")
@@ -186,9 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "on the same database; on PostgreSQL, several may run at once. The database must be "
                        "migrated (`journeys db upgrade DIR`).")
     p.add_argument("dir", nargs="?", default=".", metavar="DIR")
-    p.add_argument("--dev", action="store_true",
-                   help="for a laptop, as for serve: a secret whose environment variable is missing gets a "
-                   "random value for this run")
+    _dev_flag(p)
     p.set_defaults(handler=_engine)
 
     p = sub.add_parser("db", help="database maintenance (db upgrade)",

@@ -166,13 +166,13 @@ def _start(
                        "starting")
 
 
-def _first(rules: tuple[Rule, ...], scope: dict[str, Any]) -> Rule | None:
-    """The first of *rules* whose guard holds in *scope*."""
+def _first(rules: tuple[Rule, ...], scope: dict[str, Any]) -> tuple[Rule | None, dict[str, Any]]:
+    """The first of *rules* whose guard holds in *scope*, and the scope (for the next guards)."""
     for rule in rules:
         guard = rule.guard
         if guard is None or guard.run(scope):
-            return rule
-    return None
+            return rule, scope
+    return None, scope
 
 
 def _advance(
@@ -212,9 +212,7 @@ def _advance(
             # the first rule without a guard is taken without a call: the common case
             exit_rule: Guarded | None = exits[0]
             if exits[0].guard is not None:
-                if scope is None:
-                    scope = _scope(cj, instance, event, contact, now)
-                exit_rule = _first(exits, scope)
+                exit_rule, scope = _first(exits, scope or _scope(cj, instance, event, contact, now))
             if exit_rule is not None:
                 if exit_rule.to is not None:
                     return exit_rule.enter[instance.state](current, event, now, contact, recent, steps)
@@ -224,9 +222,7 @@ def _advance(
         if transitions:
             transition: CompiledTransition | None = transitions[0]
             if transitions[0].guard is not None:
-                if scope is None:
-                    scope = _scope(cj, instance, event, contact, now)
-                transition = _first(transitions, scope)
+                transition, scope = _first(transitions, scope or _scope(cj, instance, event, contact, now))
             if transition is not None:
                 return transition.enter(current, event, now, contact, recent, steps)
     except ExpressionError as exc:

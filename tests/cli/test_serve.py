@@ -52,27 +52,30 @@ def _env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def server(deployment: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    """``journeys serve`` on a free port, its output in a file (a pipe nobody reads can fill and
-    stall the server; a file also closes cleanly whichever way the test ends)."""
+def _serving(args: list[str], log: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``journeys <args> --port P`` on a free port, once it answers /healthz."""
     port = free_port()
-    log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([EXE, "serve", str(deployment), "--dev", "--port", str(port)], env=_env(),
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([EXE, *args, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
+                return proc, base
         except httpx.TransportError:
             time.sleep(0.1)
-    else:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"serve did not start:\n{log.read_text(errors='replace')}")
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"serve did not start:\n{log.read_text(errors='replace')}")
+
+
+@pytest.fixture
+def server(deployment: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """``journeys serve`` on a free port, its output in a file (a pipe nobody reads can fill and
+    stall the server; a file also closes cleanly whichever way the test ends)."""
+    log = tmp_path / "serve.log"
+    proc, base = _serving(["serve", str(deployment), "--dev"], log, _env())
     yield proc, base, log
     if proc.poll() is None:
         proc.kill()
@@ -164,18 +167,9 @@ def test_webhooks_and_the_engine_in_two_processes(deployment: Path, tmp_path: Pa
 
     secret = "whsec_" + base64.b64encode(b"two-processes-secret-0123456789ab").decode()
     env = {**_env(), "APP_WEBHOOK_SECRET": secret}
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    web = _start(["serve", str(deployment), "--dev", "--port", str(port), "--no-engine"], tmp_path / "web.log", env)
+    web, base = _serving(["serve", str(deployment), "--dev", "--no-engine"], tmp_path / "web.log", env)
     engine: subprocess.Popen[bytes] | None = None
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and web.poll() is None:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         contact = {"id": "c-9", "phone": "+4915112345679"}
         body = json.dumps({"id": "inv-9", "type": "invoice.overdue", "contact": contact,
                            "data": {"amount_due": 12, "invoice_id": "I-9"}}).encode()
