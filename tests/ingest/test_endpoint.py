@@ -40,6 +40,7 @@ def config(**overrides: Any) -> Config:
         "twilio": SourceConfig("twilio", "twilio", secrets=(TWILIO_TOKEN,), public_url=PUBLIC),
         "small": SourceConfig("small", "events", secrets=(APP_SECRET,), max_body_bytes=2048),
         "limited": SourceConfig("limited", "events", secrets=(APP_SECRET,), rate_limit=(2, 60_000)),
+        "wa": SourceConfig("wa", "whatsapp", secrets=("meta-app-secret",), verify_token="our-verify-token"),
     }
     return Config(MappingProxyType(sources), MappingProxyType({}), overrides.get("policies", Policies()))
 
@@ -296,3 +297,13 @@ async def test_the_openapi_document_describes_the_endpoint(db: Database) -> None
     assert "Retry-After" in operation["responses"]["503"]["headers"]
     assert [p["name"] for p in operation["parameters"]] == ["source"]
     assert "get" in document["paths"]["/ingest/{source}"]
+
+
+async def test_the_whatsapp_subscription_handshake_over_http(db: Database) -> None:
+    query = "hub.mode=subscribe&hub.verify_token=our-verify-token&hub.challenge=1158201444"
+    async with client(db) as c:
+        good = await c.get(f"/ingest/wa?{query}")
+        bad = await c.get(f"/ingest/wa?{query.replace('our-', 'their-')}")
+    assert (good.status_code, good.text) == (200, "1158201444")
+    assert good.headers["content-type"].startswith("text/plain")
+    assert bad.status_code == 401 and "verify token" in bad.json()["error"]
