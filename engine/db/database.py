@@ -100,8 +100,9 @@ class Database:
         in one thread: through aiosqlite every statement is several hand-offs between the event
         loop and its thread, which costs more than the statement (ingest.committer).
 
-        It is one more writer on the file: SQLite's lock (BEGIN IMMEDIATE, the busy timeout)
-        keeps its transactions and those of ``write`` apart, as it does between processes."""
+        It is one more writer on the file: SQLite's lock (BEGIN IMMEDIATE, polled for: see
+        _sqlite_pragmas) keeps its transactions and those of ``write`` apart, as it does between
+        processes."""
         assert self.is_sqlite
         engine = create_engine(self.url.set(drivername="sqlite+pysqlite"), poolclass=SingletonThreadPool,
                                pool_size=1)
