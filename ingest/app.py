@@ -17,7 +17,8 @@ from litestar.openapi import OpenAPIConfig
 
 from engine.admin import AdminController, healthz, openapi_document, readyz
 from engine.db.database import Database
-from ingest.routes import document, ingest_endpoint
+from ingest.openapi import document
+from ingest.routes import ingest_endpoint
 
 log = logging.getLogger("journeys.serve")
 

@@ -11,7 +11,7 @@ handler. Webhooks are the one hot path of the server, and Litestar's per-request
 verifying and normalizing a webhook does: about 55 µs a request on the benchmark machine,
 a third of a bare Litestar endpoint's time. Everything a webhook needs (bytes, headers,
 query string) is in the ASGI scope as sent, which is also what signatures are computed
-over. The operations are described in the OpenAPI document by :data:`OPENAPI_PATH`.
+over. ingest.openapi describes it in the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -22,21 +22,6 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from litestar import asgi
-from litestar.enums import ParamType
-from litestar.openapi.spec import (
-    OpenAPI,
-    OpenAPIFormat,
-    OpenAPIHeader,
-    OpenAPIMediaType,
-    OpenAPIResponse,
-    OpenAPIType,
-    Operation,
-    Parameter,
-    PathItem,
-    Reference,
-    RequestBody,
-    Schema,
-)
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, HTTPScope, Receive, Scope, Send
 
 from ingest import providers
@@ -159,44 +144,3 @@ async def ingest_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 ROUTES = [ingest_endpoint]
-
-
-def _error_response(description: str, retry_after: bool = False) -> OpenAPIResponse:
-    wait = OpenAPIHeader(schema=Schema(type=OpenAPIType.INTEGER), description="seconds to wait")
-    headers: dict[str, OpenAPIHeader | Reference] | None = {"Retry-After": wait} if retry_after else None
-    return OpenAPIResponse(description=description, headers=headers, content={JSON: OpenAPIMediaType(schema=Schema(
-        type=OpenAPIType.OBJECT, properties={"error": Schema(type=OpenAPIType.STRING)}))})
-
-
-def document(openapi: OpenAPI) -> None:
-    """Describe ``/ingest/{source}`` in the app's OpenAPI document: a mounted ASGI app has no
-    handler signature for Litestar to describe it from."""
-    source = Parameter(name="source", param_in=ParamType.PATH, required=True, schema=Schema(type=OpenAPIType.STRING),
-                       description="a source named in config.yaml")
-    stored = OpenAPIResponse(description="stored (or a repeat of a stored event, counted): committed before "
-                             "this answer; Twilio gets 200 and an empty TwiML <Response/>, others 202")
-    errors = {
-        "400": _error_response("malformed body"),
-        "401": _error_response("missing, wrong or stale signature"),
-        "404": _error_response("no such source"),
-        "413": _error_response("body over the source's max_body_bytes"),
-        "415": _error_response("content type this provider does not send"),
-        "429": _error_response("over the source's rate_limit", retry_after=True),
-        "503": _error_response("storage unavailable: nothing was stored, retry", retry_after=True),
-    }
-    openapi.paths = {**(openapi.paths or {}), "/ingest/{source}": PathItem(
-        post=Operation(
-            tags=["ingest"], summary="A provider's webhook", operation_id="ingest",
-            description="Verified on the raw bytes, normalized to canonical events, deduplicated and stored in a "
-                        "group commit. The body is what the source's provider sends.",
-            parameters=[source], request_body=RequestBody(content={"*/*": OpenAPIMediaType(
-                schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))}, required=True),
-            responses={"200": stored, "202": stored, **errors}),
-        get=Operation(
-            tags=["ingest"], summary="Subscription handshake (Meta WhatsApp)", operation_id="ingest_handshake",
-            parameters=[source], responses={
-                "200": OpenAPIResponse(description="the challenge, echoed", content={
-                    "text/plain": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))}),
-                "401": errors["401"], "404": errors["404"],
-                "405": _error_response("this source's provider has no handshake")}),
-    )}
