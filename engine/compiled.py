@@ -86,7 +86,6 @@ class CompiledTimer:
     index: int
     timer: Timer
     do: tuple[CompiledAction, ...]
-    delay: timedelta
     enter: Entry  # enters the timer's ``to`` from the state that set it
 
 
@@ -193,7 +192,7 @@ def compile_journey(journey: Journey) -> CompiledJourney:
                                    way_in(state, t.to, do, "transition", None, f"{event}: {name} -> {t.to}"))
                 for t in transitions)
         timers = tuple(
-            CompiledTimer(i, t, do := _actions(t.do), timedelta(milliseconds=t.delay_ms),
+            CompiledTimer(i, t, do := _actions(t.do),
                           way_in(state, t.to, do, "transition", None, f"after {t.text}: {name} -> {t.to}"))
             for i, t in enumerate(state.after))
         states[name] = CompiledState(state=state, enter=enters[name], on=on, timers=timers)

@@ -45,6 +45,14 @@ Entry = Callable[[Instance, Event, datetime, Contact | None, tuple[str, ...], tu
 
 NO_CONTACT: Mapping[str, Any] = MappingProxyType({})
 
+
+def base_scope(journey_view: Mapping[str, Any], event: Event, contact: Contact | None,
+               now: datetime) -> dict[str, Any]:
+    """What every expression sees: ``event``, ``contact``, ``journey`` and ``now`` (the
+    interpreter adds ``vars`` and ``instance``, and so does an entry for its actions' inputs)."""
+    return {"event": event.view, "contact": NO_CONTACT if contact is None else contact.view,
+            "journey": journey_view, "now": now}
+
 # The instance's fields are read by position; the positions come from Instance itself.
 _AT = {name: index for index, name in enumerate(Instance._fields)}
 
@@ -73,7 +81,7 @@ def entry(
     *instance_in_scope*."""
     bound: dict[str, Any] = {
         "__builtins__": {}, "_new": tuple.__new__, "_Step": Step, "_Action": ScheduledAction, "_Timer": TimerSet,
-        "_Instance": Instance, "_Decision": Decision, "_NO_CONTACT": NO_CONTACT, "_journey": journey_view,
+        "_Instance": Instance, "_Decision": Decision, "_base_scope": base_scope, "_journey": journey_view,
     }
 
     def bind(value: Any) -> str:
@@ -96,15 +104,11 @@ def entry(
 
     actions = do + enter
     if any(action.render is not None for action in actions):
-        # What the inputs' templates see: the instance as it is once it has entered the target.
-        view = (
-            f', "instance": {{"id": iid, "state": {name}, "status": {_field("status")}, '
-            f'"subject": {_field("subject")}, "started_at": {_field("started_at")}, "entered_at": now}}'
-        ) if instance_in_scope else ""
-        lines.append(
-            '    scope = {"event": event.view, "contact": _NO_CONTACT if contact is None else contact.view, '
-            f'"journey": _journey, "now": now, "vars": {_field("vars")}{view}}}'
-        )
+        lines.append("    scope = _base_scope(_journey, event, contact, now)")
+        lines.append(f"    scope['vars'] = {_field('vars')}")
+        if instance_in_scope:
+            # what the inputs' templates see: the instance as it is once it has entered the target
+            lines.append(f"    scope['instance'] = instance.scope({name}, now)")
     scheduled = []
     for index, action in enumerate(actions):
         inputs = bind(action.constant) if action.render is None else f"{bind(action.render)}(scope)"

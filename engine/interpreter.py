@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from engine.compiled import CompiledJourney, CompiledTransition, Guarded
 from engine.decision import Decision, Step
-from engine.entries import NO_CONTACT
+from engine.entries import base_scope
 from engine.events import STATUS_OF_TYPE, Event
 from engine.instance import NO_HISTORY, RECENT_EVENTS, Contact, History, Instance
 from engine.messages import advance
@@ -49,18 +49,12 @@ _tuple = tuple.__new__
 Rule = TypeVar("Rule", Guarded, CompiledTransition)
 
 
-def _base_scope(cj: CompiledJourney, event: Event, contact: Contact | None, now: datetime) -> dict[str, Any]:
-    """What every expression sees: ``event``, ``contact``, ``journey`` and ``now``."""
-    return {"event": event.view, "contact": NO_CONTACT if contact is None else contact.view, "journey": cj.view,
-            "now": now}
-
-
 def _scope(cj: CompiledJourney, instance: Instance, event: Event, contact: Contact | None, now: datetime,
            base: dict[str, Any] | None = None) -> dict[str, Any]:
     """What guards and vars see: *base* (or a new base scope) with the instance's vars and the
     instance as it is, when the journey reads it (CompiledJourney.instance_in_scope). Action
     inputs see it as it is once it has entered: engine.entries."""
-    scope = base if base is not None else _base_scope(cj, event, contact, now)
+    scope = base if base is not None else base_scope(cj.view, event, contact, now)
     scope["vars"] = instance.vars
     if cj.instance_in_scope:
         scope["instance"] = instance.scope()
@@ -75,7 +69,7 @@ def subject_of(cj: CompiledJourney, event: Event, contact: Contact | None) -> st
     if mode == "conversation":
         return event.conversation_id
     assert cj.subject is not None
-    value = cj.subject.run(_base_scope(cj, event, contact, event.occurred_at))
+    value = cj.subject.run(base_scope(cj.view, event, contact, event.occurred_at))
     return None if value is None or value == "" else str(value)
 
 
@@ -133,7 +127,7 @@ def _start(
             if guard is None:
                 break
             if scope is None:
-                scope = _base_scope(cj, event, contact, now)
+                scope = base_scope(cj.view, event, contact, now)
             if guard.run(scope):
                 break
         else:
