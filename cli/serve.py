@@ -9,10 +9,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import timers
 from engine.db import migrate
@@ -21,6 +21,9 @@ from engine.runtime import Engine, EngineSettings
 from engine.versions import load_registry, register
 from journeys.deployment import Deployment, DevEnvironment, load_deployment
 from journeys.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:  # the app (and Litestar) is imported by serve alone
+    from ingest.app import Loop
 
 
 def _folder(path: str) -> Path:
@@ -56,9 +59,6 @@ async def prepare(folder: Path, deployment: Deployment) -> tuple[Database, Engin
     batch = 100 if db.is_sqlite else 500
     settings = EngineSettings(batch_size=batch, keep_bodies=deployment.config.policies.store_message_bodies)
     return db, Engine(db, registry, worker, settings)
-
-
-Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def _load(path: str, dev: bool) -> tuple[Path, Deployment]:

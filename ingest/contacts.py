@@ -57,9 +57,10 @@ def clean(ref: ContactRef) -> ContactRef:
     )
 
 
-# What resolve_sync and _update read of a contact (not its timestamps: fewer values to convert).
-_RESOLVE_COLUMNS = (contacts.c.id, contacts.c.phone, contacts.c.email, contacts.c.timezone, contacts.c.locale,
-                    contacts.c.attributes)
+# What resolve_sync and _update read of a contact (not its timestamps: fewer values to convert);
+# its attributes (JSON) only when a reference brings some to merge.
+_RESOLVE_COLUMNS = (contacts.c.id, contacts.c.phone, contacts.c.email, contacts.c.timezone, contacts.c.locale)
+_WITH_ATTRIBUTES = (*_RESOLVE_COLUMNS, contacts.c.attributes)
 
 
 def _insert(conn: Connection) -> Any:
@@ -91,8 +92,7 @@ def resolve_sync(conn: Connection, refs: Sequence[ContactRef | None], now: datet
     by_phone: dict[str, str] = {}
     by_email: dict[str, str] = {}
 
-    # attributes (JSON) are read only when a reference brings some to merge
-    columns = _RESOLVE_COLUMNS if any(r.attributes for r in wanted) else _RESOLVE_COLUMNS[:-1]
+    columns = _WITH_ATTRIBUTES if any(r.attributes for r in wanted) else _RESOLVE_COLUMNS
 
     def load() -> None:
         conds = []

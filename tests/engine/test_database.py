@@ -1,4 +1,4 @@
-"""SQLite specifics of engine/db: the ingest writer's wait for the write lock, and the log's size."""
+"""SQLite specifics of engine/db: the ingest writer's wait for the write lock."""
 
 from __future__ import annotations
 
