@@ -164,25 +164,29 @@ class Committer:
                 async with self.db.write.begin() as conn:
                     return await conn.run_sync(self._write_on, jobs, now)
             async with self.db.write.connect():  # see the class docstring
-                writer = self._writer()
-                written = writer.submit(self._write_sqlite, jobs, now)
-                if self._checkpointing:
-                    # queued behind a checkpoint (tens of ms): the event loop runs on meanwhile
-                    outcomes = await asyncio.wrap_future(written)
-                else:
-                    try:
-                        outcomes = written.result(timeout=BLOCK_FOR)
-                    except concurrent.futures.TimeoutError:
-                        # Someone else holds SQLite's lock (another process, or a connection of
-                        # this one that needs the event loop to finish): let the loop run meanwhile.
-                        outcomes = await asyncio.wrap_future(written)
-                self._since_checkpoint += sum(len(job.items) for job in jobs)
-                if self._since_checkpoint >= CHECKPOINT_EVERY:
-                    # next in the writer's queue, but nobody waits for it: see _checkpoint
-                    self._since_checkpoint = 0
-                    self._checkpointing = True
-                    writer.submit(self._checkpoint)
-                return outcomes
+                return await self._write_in_thread(jobs, now)
+
+    async def _write_in_thread(self, jobs: list[_Job], now: datetime) -> list[Outcome]:
+        """The SQLite group commit, in the writer's thread; checkpoints after it now and then."""
+        writer = self._writer()
+        written = writer.submit(self._write_sqlite, jobs, now)
+        if self._checkpointing:
+            # queued behind a checkpoint (tens of ms): the event loop runs on meanwhile
+            outcomes = await asyncio.wrap_future(written)
+        else:
+            try:
+                outcomes = written.result(timeout=BLOCK_FOR)
+            except concurrent.futures.TimeoutError:
+                # Someone else holds SQLite's lock (another process, or a connection of this
+                # one that needs the event loop to finish): let the loop run meanwhile.
+                outcomes = await asyncio.wrap_future(written)
+        self._since_checkpoint += sum(len(job.items) for job in jobs)
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            # next in the writer's queue, but nobody waits for it: see _checkpoint
+            self._since_checkpoint = 0
+            self._checkpointing = True
+            writer.submit(self._checkpoint)
+        return outcomes
 
     def _writer(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._thread is None:
