@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from engine.db import sqlite_rows
 from engine.db.schema import events
 from engine.events import Event
 
@@ -76,31 +77,16 @@ def _insert_returning(conn: Connection, rows: list[dict[str, Any]]) -> list[str]
     return [r.id for r in conn.execute(stmt.returning(events.c.id), rows)]
 
 
-# SQLite: one INSERT per column order, with each column's own conversion (SQLAlchemy's bind
-# processors for the dialect: the values are stored exactly as SQLAlchemy stores them).
-_SQLITE_INSERTS: dict[tuple[str, ...], tuple[str, list[Any]]] = {}
-
-
 def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> list[str]:
-    """The ids of *rows* that were new, from one executemany.
+    """The ids of *rows* that were new, from one multi-row INSERT (engine.db.sqlite_rows).
 
     Through SQLAlchemy, INSERT .. RETURNING of a group costs several times what SQLite
-    spends on it; a plain executemany and its row count say the same in the usual case
-    (everything new), and a group with a repeat costs one more SELECT."""
-    columns = tuple(rows[0])
-    prepared = _SQLITE_INSERTS.get(columns)
-    if prepared is None:
-        sql = (f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-               "ON CONFLICT (source, provider_event_id) DO NOTHING")
-        prepared = sql, [events.c[name].type.bind_processor(conn.dialect) for name in columns]
-        _SQLITE_INSERTS[columns] = prepared
-    sql, processors = prepared
-    params = [tuple(value if process is None else process(value)
-                    for value, process in zip(row.values(), processors, strict=True)) for row in rows]
+    spends on it; the count of rows inserted says the same in the usual case (everything
+    new), and a group with a repeat costs one more SELECT."""
     # The caller's write transaction keeps other writers out: rows this insert stores are the
     # ones numbered after the last row now (ids alone cannot say: timers and emits reuse theirs).
     last = conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one()
-    count = conn.exec_driver_sql(sql, params).rowcount
+    count = sqlite_rows.insert_rows(conn, events, rows, "ON CONFLICT (source, provider_event_id) DO NOTHING")
     if count == len(rows):
         return [row["id"] for row in rows]
     return [r.id for r in conn.execute(select(events.c.id).where(events.c.seq > last))]

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import phonenumbers
 from sqlalchemy import or_, select, update
@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from engine.db import sqlite_rows
 from engine.db.schema import contacts
 from ingest.errors import MalformedError
 from ingest.incoming import ContactRef
@@ -79,6 +80,33 @@ async def existing(conn: AsyncConnection, refs: Sequence[ContactRef]) -> list[st
     return [r.id for r in await conn.execute(select(contacts.c.id).where(or_(*conds)))]
 
 
+class _Row(NamedTuple):
+    """A contact as resolve_sync reads it (SQLite: see _load)."""
+
+    id: str
+    phone: str | None
+    email: str | None
+    timezone: str | None
+    locale: str | None
+    attributes: dict[str, Any] | None = None
+
+
+def _load(conn: Connection, columns: Sequence[Any], ids: set[str], phones: set[str],
+          emails: set[str]) -> Sequence[Any]:
+    """The *columns* of the contacts with one of these ids, phones or emails."""
+    wanted = [(column, values) for column, values in ((contacts.c.id, ids), (contacts.c.phone, phones),
+                                                      (contacts.c.email, emails)) if values]
+    if not wanted:
+        return []
+    if conn.dialect.name == "sqlite":
+        # One step for the lot: see engine.db.sqlite_rows (the group commit's thread).
+        where = " OR ".join(f"{column.name} IN ({', '.join('?' * len(values))})" for column, values in wanted)
+        params = [value for _, values in wanted for value in values]
+        return [_Row(*row) for row in sqlite_rows.select_rows(conn, contacts, [c.name for c in columns], where,
+                                                               params)]
+    return list(conn.execute(select(*columns).where(or_(*(column.in_(values) for column, values in wanted)))))
+
+
 def resolve_sync(conn: Connection, refs: Sequence[ContactRef | None], now: datetime) -> list[str | None]:
     """The contact id of each reference, creating or updating contacts as the references say.
 
@@ -95,16 +123,7 @@ def resolve_sync(conn: Connection, refs: Sequence[ContactRef | None], now: datet
     columns = _WITH_ATTRIBUTES if any(r.attributes for r in wanted) else _RESOLVE_COLUMNS
 
     def load() -> None:
-        conds = []
-        if ids:
-            conds.append(contacts.c.id.in_(ids))
-        if phones:
-            conds.append(contacts.c.phone.in_(phones))
-        if emails:
-            conds.append(contacts.c.email.in_(emails))
-        if not conds:
-            return
-        for row in conn.execute(select(*columns).where(or_(*conds))):
+        for row in _load(conn, columns, ids, phones, emails):
             known[row.id] = row
             if row.phone:
                 by_phone[row.phone] = row.id
@@ -141,7 +160,10 @@ def resolve_sync(conn: Connection, refs: Sequence[ContactRef | None], now: datet
                 row["email"] = None
             taken_phones.add(row["phone"])
             taken_emails.add(row["email"])
-        conn.execute(_insert(conn).on_conflict_do_nothing(), list(new_rows.values()))
+        if conn.dialect.name == "sqlite":
+            sqlite_rows.insert_rows(conn, contacts, list(new_rows.values()), "ON CONFLICT DO NOTHING")
+        else:
+            conn.execute(_insert(conn).on_conflict_do_nothing(), list(new_rows.values()))
         load()
     out: list[str | None] = []
     for given in refs:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from ingest.errors import ContentTypeError, MalformedError
 
@@ -63,15 +63,22 @@ class RawRequest:
             if not field_:
                 continue
             name, _, value = field_.partition("=")
-            if "%" in name or "+" in name:
-                name = unquote(name.replace("+", " "))
-            if "%" in value or "+" in value:
-                value = unquote(value.replace("+", " "))
-            pairs.append((name, value))
+            pairs.append((_unquote_plus(name), _unquote_plus(value)))
         return pairs
 
     def form(self) -> dict[str, str]:
         return dict(self.form_pairs)
+
+
+def _unquote_plus(text: str) -> str:
+    """``unquote_plus``, with its work skipped where there is nothing to decode.
+
+    The bytes are decoded as UTF-8 with replacement, as ``unquote`` does."""
+    if "+" in text:
+        text = text.replace("+", " ")
+    if "%" not in text:
+        return text
+    return unquote_to_bytes(text).decode("utf-8", "replace")
 
 
 def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:

@@ -10,9 +10,9 @@ with its own ``id`` (the dedupe key), a ``type``, and optionally ``occurred_at``
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import re
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -28,6 +28,7 @@ _FORBIDDEN = ("message.", "timer.", "action.")
 _CONTACT_KEYS = {"id", "phone", "email", "timezone", "locale", "attributes"}
 
 
+@lru_cache(maxsize=256)
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a Standard Webhooks secret (``whsec_`` + base64)."""
     raw = secret.removeprefix("whsec_")
@@ -39,7 +40,7 @@ def secret_key(secret: str) -> bytes:
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     content = f"{msg_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(secret_key(secret), content, hashlib.sha256).digest()).decode()
+    return "v1," + base64.b64encode(hmac.digest(secret_key(secret), content, "sha256")).decode()
 
 
 class EventsProvider:
