@@ -22,7 +22,7 @@ from engine.db import migrate
 from engine.db.database import Database, connect
 from engine.db.schema import contacts, events, instances, jobs, messages, steps, timers
 from engine.runtime import Engine, EngineSettings, aware, event_from_row
-from engine.store import store_events
+from engine.store import contact_partition, store_events
 from engine.versions import Registry
 from journeys.model import Journey
 
@@ -40,7 +40,7 @@ async def select_events(db: Database, contact: str | None, since: datetime | Non
                         until: datetime | None) -> list[Any]:
     query = select(events).where(events.c.source != "timer")  # timers are fired again by the replay
     if contact is not None:
-        query = query.where(events.c.contact_id == contact)
+        query = query.where(events.c.partition_key == contact_partition(contact))  # indexed; see the schema
     if since is not None:
         query = query.where(events.c.occurred_at >= since)
     if until is not None:

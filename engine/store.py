@@ -33,10 +33,15 @@ def new_event_id() -> str:
     return f"ev-{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
+def contact_partition(contact_id: str) -> str:
+    """The partition of every event about this contact: how its events are found (no index on contact_id)."""
+    return f"contact:{contact_id}"
+
+
 def partition_of(event: Event) -> str:
     """Events of one partition are applied one at a time, in arrival order."""
     if event.contact_id:
-        return f"contact:{event.contact_id}"
+        return contact_partition(event.contact_id)
     if event.conversation_id:
         return f"conversation:{event.conversation_id}"
     return f"event:{event.id}"
