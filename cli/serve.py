@@ -124,7 +124,7 @@ def serve(path: str, host: str, port: int, dev: bool = False, engine_here: bool 
     db, engine = asyncio.run(prepare(folder, deployment))
     # The pool was made on the set-up loop; uvicorn runs its own.
     asyncio.run(db.dispose())
-    committer = Committer(db, deployment.config.policies)
+    committer = Committer(db, deployment.config.policies, writer="process")
     loops: list[Loop] = [committer.run]
     if engine_here:
         loops += processing(folder, deployment, db, engine)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -90,7 +90,7 @@ def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> list[str]:
     new), and a group with a repeat costs one more SELECT."""
     # The caller's write transaction keeps other writers out: rows this insert stores are the
     # ones numbered after the last row now (ids alone cannot say: timers and emits reuse theirs).
-    last = conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one()
+    last = sqlite_rows.scalar(conn, "SELECT coalesce(max(seq), 0) FROM events")
     count = sqlite_rows.insert_rows(conn, events, rows, "ON CONFLICT (source, provider_event_id) DO NOTHING")
     if count == len(rows):
         return [row["id"] for row in rows]

@@ -15,16 +15,17 @@ import logging
 from collections import deque
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Literal
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from actions.gate import GATES
-from engine.db.database import Database
-from engine.events import Event
-from engine.store import new_event_id, store_events_sync
+from engine.db.database import Database, checkpoint
 from ingest import contacts, optout
 from ingest.errors import StorageUnavailableError
+from ingest.group import Outcome, write_group
 from ingest.incoming import Incoming
+from ingest.writer import WriterProcess
 from journeys.config import Policies
 
 log = logging.getLogger("journeys.ingest")
@@ -35,14 +36,8 @@ BLOCK_FOR = 0.05
 # seconds before it commits; after a smaller one, it commits at once.
 BUSY_GROUP = 8
 GROUP_WINDOW = 0.003
-# SQLite: the ingest writer checkpoints the write-ahead log after this many events (Committer._checkpoint).
+# SQLite: the ingest writer checkpoints the write-ahead log after this many events (database.checkpoint).
 CHECKPOINT_EVERY = 1000
-
-
-@dataclass(frozen=True)
-class Outcome:
-    stored: int
-    duplicates: int
 
 
 @dataclass
@@ -54,19 +49,6 @@ class _Job:
     future: asyncio.Future[Outcome]
 
 
-def to_event(item: Incoming, source: str, provider: str, contact_id: str | None, phone: str | None,
-             received_at: datetime) -> Event:
-    conversation = None
-    if item.inbound and item.channel:
-        conversation = f"{item.channel}:{phone or contact_id}"
-    return Event(
-        id=new_event_id(), type=item.type, occurred_at=item.occurred_at or received_at, source=source,
-        provider=provider, provider_event_id=item.provider_event_id, channel=item.channel, contact_id=contact_id,
-        conversation_id=conversation, message_id=item.message_id, provider_message_id=item.provider_message_id,
-        received_at=received_at, status=item.status, text=item.text, data=item.data,
-    )
-
-
 class Committer:
     """Group commit: one transaction for the requests that arrived together.
 
@@ -76,24 +58,37 @@ class Committer:
     requests that arrive while it commits form the next group: groups grow with the load by
     themselves, and a lone webhook is committed at once.
 
-    On SQLite the group is written by a thread of our own on a synchronous connection
-    (Database.sqlite_writer), while the process's one async write connection is held so no
-    transaction of the engine is open meanwhile. Through aiosqlite every statement is several
-    hand-offs between the event loop and the driver's thread, which cost more than the
-    statements. The event loop waits for the thread (up to BLOCK_FOR) instead of running on:
-    a thread that has to win the interpreter lock back from a busy event loop at every call
-    into SQLite takes several times as long.
+    On SQLite the group is written on a synchronous connection (database.sqlite_writer): through
+    aiosqlite every statement is several hand-offs between the event loop and the driver's
+    thread, which cost more than the statements. *writer* says where:
+
+    - ``"process"`` (``journeys serve``): a process of its own (ingest.writer), on the other
+      core, while the event loop receives the next group; the event loop awaits the answer.
+    - ``"thread"`` (the default; tests and tools): a thread of this process, while the
+      process's one async write connection is held so no transaction of the engine is open
+      meanwhile. The event loop waits for the thread (up to BLOCK_FOR) instead of running on:
+      a thread that has to win the interpreter lock back from a busy event loop at every call
+      into SQLite takes several times as long.
     """
 
-    def __init__(self, db: Database, policies: Policies, *, max_batch: int = 512) -> None:
+    def __init__(self, db: Database, policies: Policies, *, max_batch: int = 512,
+                 writer: Literal["thread", "process"] = "thread", checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self.db = db
         self.policies = policies
         self.max_batch = max_batch
+        self.checkpoint_every = checkpoint_every
         self._pending: deque[_Job] = deque()
-        self._busy = False  # a commit is scheduled or running
+        self._scheduled = False  # the next group's start is scheduled
+        self._running = 0  # groups started and not yet answered
         self._last_group = 0  # requests in the last group: is the endpoint busy?
         self._idle = asyncio.Event()
         self._idle.set()
+        self._process: WriterProcess | None = None
+        if db.is_sqlite and writer == "process":
+            self._process = WriterProcess(db.url.render_as_string(hide_password=False), policies, checkpoint_every)
+        # Groups in flight: with a writer process, the next group is queued behind the one it
+        # writes, so it never waits for us, and we never wait for it while requests come in.
+        self._depth = 2 if self._process is not None else 1
         self._sqlite: Engine | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._since_checkpoint = 0  # items written since the last WAL checkpoint (SQLite)
@@ -104,19 +99,24 @@ class Committer:
         loop = asyncio.get_running_loop()
         job = _Job(source, provider, items, received_at or datetime.now(UTC), loop.create_future())
         self._pending.append(job)
-        if not self._busy:
-            self._busy = True
-            self._idle.clear()
-            self._schedule(loop)
+        self._idle.clear()
+        self._kick(loop)
         return await job.future
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Wait for *stop*, then for the requests still waiting to be committed; close the writer."""
+        """Start the writer process (if any), wait for *stop*, then for the requests still
+        waiting to be committed; close the writer."""
+        if self._process is not None:
+            await self._process.start()  # now rather than on the first webhook
         await stop.wait()
         await self._idle.wait()
-        self.close()
+        await self.close()
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Schedule the next group's start, if there is room for one more in flight."""
+        if self._scheduled or self._running >= self._depth or not self._pending:
+            return
+        self._scheduled = True
         if self._last_group >= BUSY_GROUP:
             # Under load, wait a moment for the requests on their way: one commit of many
             # costs far less than several of a few (PostgreSQL's commit_delay, in effect).
@@ -126,6 +126,7 @@ class Committer:
             loop.call_soon(self._start, loop)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
         jobs: list[_Job] = []
         count = 0
         while self._pending and (not jobs or count + len(self._pending[0].items) <= self.max_batch):
@@ -133,6 +134,7 @@ class Committer:
             jobs.append(job)
             count += len(job.items)
         self._last_group = len(jobs)
+        self._running += 1
         task = loop.create_task(self._commit(jobs))
         task.add_done_callback(lambda finished: self._finish(loop, jobs, finished))
 
@@ -148,10 +150,9 @@ class Committer:
             for job, outcome in zip(jobs, finished.result(), strict=True):
                 if not job.future.done():
                     job.future.set_result(outcome)
-        if self._pending:
-            self._schedule(loop)
-        else:
-            self._busy = False
+        self._running -= 1
+        self._kick(loop)
+        if not (self._running or self._scheduled or self._pending):
             self._idle.set()
 
     async def _commit(self, jobs: list[_Job]) -> list[Outcome]:
@@ -162,7 +163,9 @@ class Committer:
         async with GATES.opting_out(opting_out):
             if not self.db.is_sqlite:
                 async with self.db.write.begin() as conn:
-                    return await conn.run_sync(self._write_on, jobs, now)
+                    return await conn.run_sync(write_group, jobs, now, self.policies)
+            if self._process is not None:
+                return await self._process.write(jobs, now)
             async with self.db.write.connect():  # see the class docstring
                 return await self._write_in_thread(jobs, now)
 
@@ -181,7 +184,7 @@ class Committer:
                 # one that needs the event loop to finish): let the loop run meanwhile.
                 outcomes = await asyncio.wrap_future(written)
         self._since_checkpoint += sum(len(job.items) for job in jobs)
-        if self._since_checkpoint >= CHECKPOINT_EVERY:
+        if self._since_checkpoint >= self.checkpoint_every:
             # next in the writer's queue, but nobody waits for it: see _checkpoint
             self._since_checkpoint = 0
             self._checkpointing = True
@@ -205,49 +208,24 @@ class Committer:
         if self._sqlite is None:
             self._sqlite = self.db.sqlite_writer()
         with self._sqlite.begin() as conn:
-            return self._write_on(conn, jobs, now)
+            return write_group(conn, jobs, now, self.policies)
 
     def _checkpoint(self) -> None:
-        """Copy the write-ahead log back into the database file.
-
-        SQLite does this itself after a commit that finds the log over 1,000 pages, and that
-        commit's requests wait for the copy. The writer's connection has that turned off, and
-        does it here, between two commits: in its own thread, with SQLite's C code not holding
-        the interpreter lock, while the event loop answers the requests just committed. With
-        no write open, the checkpoint reaches the end of the log, and the next write starts the
-        log over (a checkpointer running beside the writer never catches up, and the log grows
-        without end)."""
+        """database.checkpoint, in the writer's thread, after a commit (queued, nobody waits for it):
+        SQLite's C code does not hold the interpreter lock, so the event loop answers the
+        requests just committed meanwhile."""
         assert self._sqlite is not None
-        # On the driver's connection: through SQLAlchemy the statement would first begin a write.
-        pooled = self._sqlite.raw_connection()
         try:
-            pooled.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # type: ignore[union-attr]
+            checkpoint(self._sqlite)
         except Exception:  # the next one tries again; nothing waits on this
             log.exception("WAL checkpoint failed")
         finally:
-            pooled.close()
             self._checkpointing = False
 
-    def _write_on(self, conn: Connection, jobs: list[_Job], now: datetime) -> list[Outcome]:
-        refs = [item.contact for job in jobs for item in job.items]
-        ids = iter(contacts.resolve_sync(conn, refs, now))
-        per_job: list[list[Event]] = []
-        for job in jobs:
-            per_job.append([
-                to_event(item, job.source, job.provider, next(ids),
-                         item.contact.phone if item.contact else None, job.received_at)
-                for item in job.items
-            ])
-        # One statement for the whole group: the point of group commit.
-        everything = [e for batch in per_job for e in batch]
-        stored = store_events_sync(conn, everything, now)
-        fresh = set(stored.inserted)
-        optout.apply_sync(conn, [e for e in everything if e.id in fresh], self.policies, now)
-        return [Outcome(sum(e.id in fresh for e in batch), sum(e.id not in fresh for e in batch))
-                for batch in per_job]
-
-    def close(self) -> None:
-        """Close the SQLite writer's connection, in its thread, and the thread."""
+    async def close(self) -> None:
+        """Close the SQLite writer: the process, or the thread and its connection."""
+        if self._process is not None:
+            await self._process.close()
         thread, engine = self._thread, self._sqlite
         self._thread = self._sqlite = None
         if thread is not None:

@@ -133,6 +133,7 @@ def resolve_sync(conn: Connection, refs: Sequence[ContactRef | None], now: datet
     load()
     # Every contact this group needs that does not exist yet, inserted at once.
     new_rows: dict[str, dict[str, Any]] = {}
+    new_handles: set[str] = set()  # the phone (else email) of each new contact
     for ref in wanted:
         if ref.id:
             if ref.id not in known and ref.id not in new_rows:
@@ -142,9 +143,13 @@ def resolve_sync(conn: Connection, refs: Sequence[ContactRef | None], now: datet
                     "email": ref.email if ref.email not in by_email else None,
                     "timezone": ref.timezone, "locale": ref.locale, "attributes": dict(ref.attributes or {}),
                     "created_at": now, "updated_at": now}
+                handle = new_rows[ref.id]["phone"] or new_rows[ref.id]["email"]
+                if handle:
+                    new_handles.add(handle)
         elif not (ref.phone in by_phone or ref.email in by_email):
             handle = ref.phone or ref.email or ""
-            if handle and handle not in {r.get("phone") or r.get("email") for r in new_rows.values()}:
+            if handle and handle not in new_handles:
+                new_handles.add(handle)
                 new_id = f"ct-{uuid.uuid4().hex[:20]}"
                 new_rows[new_id] = {"id": new_id, "phone": ref.phone, "email": ref.email, "timezone": ref.timezone,
                                     "locale": ref.locale, "attributes": {}, "created_at": now, "updated_at": now}

@@ -51,6 +51,8 @@ def apply_sync(conn: Connection, stored: Sequence[Event], policies: Policies, no
     """Update the suppression list for the opt-outs and opt-ins among newly stored events, in order.
 
     Synchronous: it is part of the group commit (ingest.committer)."""
+    if not any(e.contact_id and (e.type in OPT_OUT_TYPES or e.type == "contact.opted_in") for e in stored):
+        return  # most groups: nothing to build a statement for
     insert = postgresql.insert(suppressions) if conn.dialect.name == "postgresql" else sqlite.insert(suppressions)
     opting_out = sorted({e.contact_id for e in stored if e.contact_id and e.type in OPT_OUT_TYPES})
     if opting_out and conn.dialect.name == "postgresql":

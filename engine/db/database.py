@@ -96,23 +96,44 @@ class Database:
         return self.dialect == "sqlite"
 
     def sqlite_writer(self) -> Engine:
-        """A synchronous engine on the same SQLite file, for a write transaction that runs whole
-        in one thread: through aiosqlite every statement is several hand-offs between the event
-        loop and its thread, which costs more than the statement (ingest.committer).
-
-        It is one more writer on the file: SQLite's lock (BEGIN IMMEDIATE, polled for: see
-        _sqlite_pragmas) keeps its transactions and those of ``write`` apart, as it does between
-        processes."""
+        """:func:`sqlite_writer` on this database's file."""
         assert self.is_sqlite
-        engine = create_engine(self.url.set(drivername="sqlite+pysqlite"), poolclass=SingletonThreadPool,
-                               pool_size=1)
-        _sqlite_pragmas(engine, immediate=True, poll=True)
-        return engine
+        return sqlite_writer(self.url)
 
     async def dispose(self) -> None:
         await self.write.dispose()
         if self.read is not self.write:
             await self.read.dispose()
+
+
+def sqlite_writer(url: URL | str) -> Engine:
+    """A synchronous engine on a SQLite file, for a write transaction that runs whole in one
+    thread (the ingest group commit: through aiosqlite every statement is several hand-offs
+    between the event loop and its thread, which cost more than the statement).
+
+    It is one more writer on the file: SQLite's lock (BEGIN IMMEDIATE, polled for: see
+    _sqlite_pragmas) keeps its transactions and those of any other engine apart, in this
+    process or another. Its owner checkpoints the write-ahead log (:func:`checkpoint`)."""
+    engine = create_engine(make_url(url).set(drivername="sqlite+pysqlite"), poolclass=SingletonThreadPool,
+                           pool_size=1)
+    _sqlite_pragmas(engine, immediate=True, poll=True)
+    return engine
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copy *engine*'s write-ahead log back into the database file, between two of its writes.
+
+    SQLite does this itself after a commit that finds the log over 1,000 pages, and that
+    commit's requests wait for the copy; a polling writer (sqlite_writer) has that turned off
+    and is checkpointed by its owner when no request waits. With no write open, the checkpoint
+    reaches the end of the log, and the next write starts the log over (a checkpointer running
+    beside the writer never catches up, and the log grows without end)."""
+    # On the driver's connection: through SQLAlchemy the statement would first begin a write.
+    pooled = engine.raw_connection()
+    try:
+        pooled.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # type: ignore[union-attr]
+    finally:
+        pooled.close()
 
 
 def connect(url: str, *, schema: str | None = None, pool_size: int = 10) -> Database:

@@ -13,6 +13,7 @@ exactly as SQLAlchemy stores them and read back by SQLAlchemy as it would read i
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], 
     sql, processors = prepared
     params = [tuple(value if process is None else process(value)
                     for value, process in zip(row.values(), processors, strict=True)) for row in rows]
-    count: int = conn.exec_driver_sql(sql, params).rowcount
+    count: int = _cursor(conn, sql, params, many=True).rowcount
     return count
 
 
@@ -53,5 +54,19 @@ def select_rows(conn: Connection, table: Table, columns: Sequence[str], where: s
     JSON columns come back parsed, as SQLAlchemy would give them."""
     values = ", ".join(f"json({name})" if isinstance(table.c[name].type, JSON) else name for name in columns)
     sql = f"SELECT json_group_array(json_array({values})) FROM {table.name} WHERE {where}"
-    rows: list[list[Any]] = json.loads(conn.exec_driver_sql(sql, tuple(params)).scalar_one())
+    rows: list[list[Any]] = json.loads(_cursor(conn, sql, tuple(params)).fetchone()[0])
     return rows
+
+
+def scalar(conn: Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The one value *sql* selects."""
+    return _cursor(conn, sql, tuple(params)).fetchone()[0]
+
+
+def _cursor(conn: Connection, sql: str, params: Any, many: bool = False) -> Any:
+    """Run *sql* in *conn*'s transaction; on pysqlite, on the driver's connection itself:
+    SQLAlchemy's execution context costs more than a small statement."""
+    raw = conn.connection.driver_connection
+    if isinstance(raw, sqlite3.Connection):
+        return raw.executemany(sql, params) if many else raw.execute(sql, params)
+    return conn.exec_driver_sql(sql, params)

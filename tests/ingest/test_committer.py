@@ -1,37 +1,50 @@
-"""The group committer on SQLite: its write-ahead log stays bounded under a long stream of groups."""
+"""The group committer on SQLite, with its writer in a thread and in a process of its own:
+the write-ahead log stays bounded under a long stream of groups; the writer process's
+failures become 503s, and a writer process that dies is replaced."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
 
 import pytest
 
 from engine.db import migrate
 from engine.db.database import connect
-from ingest import committer as committing
-from ingest.committer import Committer
+from ingest.committer import CHECKPOINT_EVERY, Committer
+from ingest.errors import StorageUnavailableError
 from ingest.incoming import ContactRef, Incoming
 from journeys.config import Policies
 from tests.services import sqlite_url
 
 pytestmark = pytest.mark.anyio
 
+Writer = Literal["thread", "process"]
 
-async def _stream(folder: Path, groups: int, size: int) -> tuple[int, int]:
+
+def _items(group: int, size: int) -> list[Incoming]:
+    # read-only mappings, as the providers make them: the writer process is sent them
+    return [Incoming(type="order.created", provider_event_id=f"{group}-{i}",
+                     contact=ContactRef(id=f"c-{i % 50}", attributes=MappingProxyType({"tier": "gold"})),
+                     data=MappingProxyType({"pad": "x" * 400})) for i in range(size)]
+
+
+async def _stream(folder: Path, groups: int, size: int, writer: Writer, checkpoint_every: int) -> tuple[int, int]:
     """Commit *groups* groups of *size* events; (the log's size, the database file's size)."""
     db = connect(sqlite_url(folder))
     await migrate.upgrade(db)
-    store = Committer(db, Policies())
+    store = Committer(db, Policies(), writer=writer, checkpoint_every=checkpoint_every)
     stop = asyncio.Event()
     running = asyncio.create_task(store.run(stop))
     try:
         for group in range(groups):
-            items = [Incoming(type="order.created", provider_event_id=f"{group}-{i}",
-                              contact=ContactRef(id=f"c-{i % 50}"), data={"pad": "x" * 400})
-                     for i in range(size)]
-            assert (await store.submit("app", "events", items)).stored == size
-        await asyncio.sleep(0.1)  # a checkpoint runs after its commit, in the writer's thread
+            assert (await store.submit("app", "events", _items(group, size))).stored == size
+        await asyncio.sleep(0.2)  # a checkpoint runs after its commit, in the writer
         return Path(f"{db.url.database}-wal").stat().st_size, Path(db.url.database or "").stat().st_size
     finally:
         stop.set()
@@ -39,11 +52,65 @@ async def _stream(folder: Path, groups: int, size: int) -> tuple[int, int]:
         await db.dispose()
 
 
-async def test_the_log_is_copied_back_and_starts_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    size = committing.CHECKPOINT_EVERY // 4
-    log, database = await _stream(tmp_path / "checkpointed", 24, size)
-    monkeypatch.setattr(committing, "CHECKPOINT_EVERY", 10**9)
-    unbounded, _ = await _stream(tmp_path / "never", 24, size)
+@pytest.mark.parametrize("writer", ["thread", "process"])
+async def test_the_log_is_copied_back_and_starts_over(tmp_path: Path, writer: Writer) -> None:
+    size = CHECKPOINT_EVERY // 4
+    log, database = await _stream(tmp_path / "checkpointed", 24, size, writer, CHECKPOINT_EVERY)
+    unbounded, _ = await _stream(tmp_path / "never", 24, size, writer, 10**9)
     # the rows are in the database file, and the log holds a few groups, not all 24
     assert database > 24 * size * 400
     assert log < unbounded / 3, (log, unbounded)
+
+
+async def test_the_writer_process_stores_once_and_says_what_repeated(tmp_path: Path) -> None:
+    db = connect(sqlite_url(tmp_path))
+    await migrate.upgrade(db)
+    store = Committer(db, Policies(), writer="process")
+    stop = asyncio.Event()
+    running = asyncio.create_task(store.run(stop))
+    try:
+        first, again = await asyncio.gather(store.submit("app", "events", _items(0, 3)),
+                                            store.submit("app", "events", _items(0, 5)))
+        assert (first.stored, first.duplicates, again.stored, again.duplicates) == (3, 0, 2, 3)
+        async with db.read.connect() as conn:
+            assert (await conn.exec_driver_sql("SELECT count(*) FROM events")).scalar_one() == 5
+            attributes = (await conn.exec_driver_sql("SELECT attributes FROM contacts WHERE id = 'c-0'")).scalar_one()
+        assert json.loads(attributes) == {"tier": "gold"}
+    finally:
+        stop.set()
+        await running
+        await db.dispose()
+
+
+async def test_a_writer_process_that_dies_costs_its_group_a_503_and_is_replaced(tmp_path: Path) -> None:
+    db = connect(sqlite_url(tmp_path))
+    await migrate.upgrade(db)
+    store = Committer(db, Policies(), writer="process")
+    stop = asyncio.Event()
+    running = asyncio.create_task(store.run(stop))
+    try:
+        assert (await store.submit("app", "events", _items(0, 2))).stored == 2
+        assert store._process is not None and store._process._child is not None
+        os.kill(store._process._child.pid, signal.SIGKILL)
+        with pytest.raises(StorageUnavailableError):
+            await store.submit("app", "events", _items(1, 2))
+        # the provider retries: a new writer process stores it
+        assert (await store.submit("app", "events", _items(1, 2))).stored == 2
+    finally:
+        stop.set()
+        await running
+        await db.dispose()
+
+
+async def test_a_group_the_writer_process_cannot_write_is_503(tmp_path: Path) -> None:
+    db = connect(sqlite_url(tmp_path))  # no tables: every insert fails
+    store = Committer(db, Policies(), writer="process")
+    stop = asyncio.Event()
+    running = asyncio.create_task(store.run(stop))
+    try:
+        with pytest.raises(StorageUnavailableError):
+            await store.submit("app", "events", _items(0, 1))
+    finally:
+        stop.set()
+        await running
+        await db.dispose()
