@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection
 
 from actions.gate import GATES
 from engine.db.database import Database, checkpoint
@@ -89,7 +89,7 @@ class Committer:
         # Groups in flight: with a writer process, the next group is queued behind the one it
         # writes, so it never waits for us, and we never wait for it while requests come in.
         self._depth = 2 if self._process is not None else 1
-        self._sqlite: Engine | None = None
+        self._sqlite: Connection | None = None  # the writer thread's own (SQLite)
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._since_checkpoint = 0  # items written since the last WAL checkpoint (SQLite)
         self._checkpointing = False  # one is queued or running in the writer's thread
@@ -206,9 +206,10 @@ class Committer:
 
     def _write_sqlite(self, jobs: list[_Job], now: datetime) -> list[Outcome]:
         if self._sqlite is None:
-            self._sqlite = self.db.sqlite_writer()
-        with self._sqlite.begin() as conn:
-            return write_group(conn, jobs, now, self.policies)
+            # kept open in the writer's thread: a connection per group costs a pool round trip and a rollback
+            self._sqlite = self.db.sqlite_writer().connect()
+        with self._sqlite.begin():
+            return write_group(self._sqlite, jobs, now, self.policies)
 
     def _checkpoint(self) -> None:
         """database.checkpoint, in the writer's thread, after a commit (queued, nobody waits for it):
@@ -226,12 +227,17 @@ class Committer:
         """Close the SQLite writer: the process, or the thread and its connection."""
         if self._process is not None:
             await self._process.close()
-        thread, engine = self._thread, self._sqlite
+        thread, conn = self._thread, self._sqlite
         self._thread = self._sqlite = None
         if thread is not None:
-            if engine is not None:
-                thread.submit(engine.dispose).result()
+            if conn is not None:
+                thread.submit(_dispose, conn).result()
             thread.shutdown()
+
+
+def _dispose(conn: Connection) -> None:
+    conn.close()
+    conn.engine.dispose()
 
 
 def cleaned(items: list[Incoming]) -> list[Incoming]:

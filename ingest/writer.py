@@ -179,12 +179,13 @@ def main() -> int:
         return 0
     url, policies, checkpoint_every = init
     engine = sqlite_writer(url)
+    conn = engine.connect()  # kept: a connection per group costs a pool round trip and a rollback
     since_checkpoint = 0
     try:
         while (message := _read(source)) is not None:
             requests, now = message
             try:
-                with engine.begin() as conn:
+                with conn.begin():
                     outcomes = write_group(conn, requests, now, policies)
             except Exception as exc:  # the server answers 503; the provider will retry
                 log.exception("storing a group of %d requests failed", len(requests))
@@ -196,10 +197,11 @@ def main() -> int:
                 # the requests are answered: the next group waits in the pipe meanwhile
                 since_checkpoint = 0
                 try:
-                    checkpoint(engine)
+                    checkpoint(conn)
                 except Exception:  # the next one tries again; nothing waits on this
                     log.exception("WAL checkpoint failed")
     finally:
+        conn.close()
         engine.dispose()
     return 0
 

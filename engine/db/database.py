@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import SingletonThreadPool
 
@@ -120,8 +120,8 @@ def sqlite_writer(url: URL | str) -> Engine:
     return engine
 
 
-def checkpoint(engine: Engine) -> None:
-    """Copy *engine*'s write-ahead log back into the database file, between two of its writes.
+def checkpoint(conn: Connection) -> None:
+    """Copy the write-ahead log back into the database file, between two writes of *conn*'s.
 
     SQLite does this itself after a commit that finds the log over 1,000 pages, and that
     commit's requests wait for the copy; a polling writer (sqlite_writer) has that turned off
@@ -129,11 +129,7 @@ def checkpoint(engine: Engine) -> None:
     reaches the end of the log, and the next write starts the log over (a checkpointer running
     beside the writer never catches up, and the log grows without end)."""
     # On the driver's connection: through SQLAlchemy the statement would first begin a write.
-    pooled = engine.raw_connection()
-    try:
-        pooled.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # type: ignore[union-attr]
-    finally:
-        pooled.close()
+    conn.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # type: ignore[union-attr]
 
 
 def connect(url: str, *, schema: str | None = None, pool_size: int = 10) -> Database:

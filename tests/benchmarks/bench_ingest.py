@@ -10,8 +10,9 @@ are answered, to:
   raw ASGI endpoint doing the same without Litestar (for information: /ingest is a plain
   ASGI app mounted in Litestar, so it skips Litestar's per-request work too);
 - ``journeys serve --no-engine`` (SQLite): the ingest path, verify, normalize, resolve
-  contacts, store with group commit, with nothing else running. Target (issue 5): at least
-  0.70 of the bare endpoint's rate, with p99 under 50 ms;
+  contacts, store with group commit (in its writer process), with nothing else running.
+  Target (issue 5): at least 0.70 of the bare endpoint's rate, with p99 under 50 ms; judged
+  on the median of the rounds' ratios (bare and journeys run back to back in each round);
 - for information, the same with the events processed as they arrive: ``journeys serve``
   running everything in one process, and ``serve --no-engine`` beside ``journeys engine``.
 """
@@ -108,10 +109,10 @@ def pending(folder: Path) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=6.0, help="seconds per run")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--paced", type=float, default=1000, help="a run at this offered rate (latency)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of bare and journeys (medians)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of bare and journeys (medians)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.platform()}")
@@ -148,12 +149,19 @@ def main() -> None:
                 bares.append(run(bare_base))
                 alones.append(run(base))
             bare, alone = median(bares), median(alones)
+            # Each round's ratio is of two runs seconds apart: the machine's drift between rounds
+            # (often 30 % and more here) cancels out of it, and the verdict is their median.
+            ratios = sorted(a[0] / b[0] for a, b in zip(alones, bares, strict=True))
+            ratio = ratios[len(ratios) // 2]
+            p99 = sorted(a[2] for a in alones)[len(alones) // 2]
             row(f"bare Litestar endpoint, {provider}", bare)
-            verdict = "met" if alone[0] / bare[0] >= 0.70 and alone[2] < 50 else "NOT MET"
-            row(f"journeys serve --no-engine, {provider}", alone, bare[0],
-                f"  target >= 0.70, p99 < 50 ms: {verdict}")
-            print(f"{'':4}rounds: bare {', '.join(f'{b[0]:,.0f}' for b in bares)}; journeys "
-                  f"{', '.join(f'{a[0]:,.0f} (p99 {a[2]:.0f} ms)' for a in alones)}")
+            row(f"journeys serve --no-engine, {provider}", alone, bare[0])
+            verdict = "met" if ratio >= 0.70 and p99 < 50 else "NOT MET"
+            print(f"{'':4}median of the rounds' ratios {ratio:.2f}, median p99 {p99:.0f} ms; target >= 0.70, "
+                  f"p99 < 50 ms: {verdict}")
+            print(f"{'':4}rounds (bare / journeys): "
+                  + ", ".join(f"{b[0]:,.0f} / {a[0]:,.0f} = {a[0] / b[0]:.2f} (p99 {a[2]:.0f} ms)"
+                              for a, b in zip(alones, bares, strict=True)))
             row(f"  same, at {args.paced:,.0f}/s offered", run(base, args.paced))
             stop(bare_server)
             engine = start([journeys, "engine", str(folder)], env)
