@@ -130,9 +130,10 @@ async def run_load(url: str, make: Any, *, duration: float, concurrency: int, ra
     deadline = time.perf_counter() + duration
     interval = concurrency / rate if rate else 0.0
 
-    async def worker() -> None:
+    async def worker(number: int) -> None:
         connection = _Connection(host, port, tls)
-        next_at = time.perf_counter()
+        # paced: the connections take turns, rather than all sending at once every interval
+        next_at = time.perf_counter() + interval * number / concurrency - interval
         try:
             while True:
                 now = time.perf_counter()
@@ -159,7 +160,7 @@ async def run_load(url: str, make: Any, *, duration: float, concurrency: int, ra
             await connection.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(number) for number in range(concurrency)))
     result.elapsed = time.perf_counter() - started
     return result
 
