@@ -135,11 +135,18 @@ class Committer:
             count += len(job.items)
         self._last_group = len(jobs)
         self._running += 1
+        process = self._process
+        if process is not None and process.running and not any(_opts_out(i) for job in jobs for i in job.items):
+            # Straight to the writer process, and its answer straight to the requests: no task
+            # in between to wait its turn in the event loop's queue (ingest.writer._Child).
+            process.send(jobs, datetime.now(UTC), lambda result: self._finish(loop, jobs, result))
+            return
         task = loop.create_task(self._commit(jobs))
-        task.add_done_callback(lambda finished: self._finish(loop, jobs, finished))
+        task.add_done_callback(lambda finished: self._finish(
+            loop, jobs, finished.exception() or finished.result()))
 
-    def _finish(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], finished: asyncio.Task[list[Outcome]]) -> None:
-        error = finished.exception()
+    def _finish(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], result: list[Outcome] | BaseException) -> None:
+        error = result if isinstance(result, BaseException) else None
         if error is not None:
             log.error("storing %d requests failed", len(jobs), exc_info=error)
             unavailable = StorageUnavailableError(f"storage unavailable: {type(error).__name__}", retry_after=5)
@@ -147,7 +154,8 @@ class Committer:
                 if not job.future.done():
                     job.future.set_exception(unavailable)
         else:
-            for job, outcome in zip(jobs, finished.result(), strict=True):
+            assert not isinstance(result, BaseException)
+            for job, outcome in zip(jobs, result, strict=True):
                 if not job.future.done():
                     job.future.set_result(outcome)
         self._running -= 1
@@ -197,8 +205,7 @@ class Committer:
         return self._thread
 
     async def _opting_out(self, jobs: list[_Job]) -> list[str]:
-        refs = [i.contact for job in jobs for i in job.items
-                if i.type in optout.OPT_OUT_TYPES and i.contact is not None]
+        refs = [i.contact for job in jobs for i in job.items if _opts_out(i) and i.contact is not None]
         if not refs:
             return []
         async with self.db.read.connect() as conn:
@@ -233,6 +240,11 @@ class Committer:
             if conn is not None:
                 thread.submit(_dispose, conn).result()
             thread.shutdown()
+
+
+def _opts_out(item: Incoming) -> bool:
+    """An opt-out: its group waits for the sends in flight to its contact (actions.gate)."""
+    return item.type in optout.OPT_OUT_TYPES
 
 
 def _dispose(conn: Connection) -> None:

@@ -21,35 +21,24 @@ that dies takes its group with it (503 as well) and is started again for the nex
 from __future__ import annotations
 
 import asyncio
-import copyreg
+import contextlib
 import logging
 import pickle
+import subprocess
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, BinaryIO, NamedTuple
 
 from ingest.group import Outcome, Submitted
-from ingest.incoming import Incoming
+from ingest.incoming import ContactRef, Incoming
 from journeys.config import Policies
 
 log = logging.getLogger("journeys.ingest")
 
 _LENGTH = 4
-
-
-def _read_only(value: dict[Any, Any]) -> MappingProxyType[Any, Any]:
-    return MappingProxyType(value)
-
-
-def _proxy(proxy: MappingProxyType[Any, Any]) -> tuple[Any, tuple[dict[Any, Any]]]:
-    return _read_only, (dict(proxy),)  # a function of ours: pickle cannot name the type itself
-
-
-# Payloads keep their data read-only (MappingProxyType), which pickle cannot take as it is.
-copyreg.pickle(MappingProxyType, _proxy)
 
 
 class _Request(NamedTuple):
@@ -61,12 +50,90 @@ class _Request(NamedTuple):
     received_at: datetime
 
 
+# A group crosses the pipe as tuples, dicts and strings: pickle writes those in C, where a
+# dataclass (and its read-only mappings) costs a Python call per object, on the event loop.
+def _encode(request: Submitted) -> tuple[Any, ...]:
+    return request.source, request.provider, [_encode_item(i) for i in request.items], request.received_at
+
+
+def _encode_item(i: Incoming) -> tuple[Any, ...]:
+    c = i.contact
+    contact = None if c is None else (c.id, c.phone, c.email, c.timezone, c.locale,
+                                      None if c.attributes is None else dict(c.attributes))
+    return (i.type, i.provider_event_id, i.channel, contact, i.occurred_at, i.provider_message_id, i.message_id,
+            i.status, i.text, dict(i.data), i.inbound)
+
+
+def _decode(encoded: tuple[Any, ...]) -> _Request:
+    source, provider, items, received_at = encoded
+    return _Request(source, provider, [_decode_item(i) for i in items], received_at)
+
+
+def _decode_item(encoded: tuple[Any, ...]) -> Incoming:
+    kind, event_id, channel, c, occurred_at, provider_message_id, message_id, status, text, data, inbound = encoded
+    contact = None
+    if c is not None:
+        contact_id, phone, email, timezone, locale, attributes = c
+        contact = ContactRef(contact_id, phone, email, timezone, locale,
+                             None if attributes is None else MappingProxyType(attributes))
+    return Incoming(kind, event_id, channel, contact, occurred_at, provider_message_id, message_id, status, text,
+                    MappingProxyType(data), inbound)
+
+
 class WriterError(Exception):
     """The writer process could not write a group (its message says why), or is gone."""
 
 
+Done = Callable[[list[Outcome] | BaseException], None]
+
+
+class _Child(asyncio.SubprocessProtocol):
+    """The child's stdout, read as it arrives: each answer calls its group's *done* at once.
+
+    No task waits on a stream in between: under load the event loop's queue is long, and
+    every hop through it (a reader task woken, then the task that sent the group) would add
+    its length to every request's wait."""
+
+    def __init__(self) -> None:
+        self.waiting: deque[Done] = deque()  # one per group sent, oldest first
+        self.buffer = bytearray()
+        self.gone = False
+        self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd != 1:
+            return
+        self.buffer += data
+        while len(self.buffer) >= _LENGTH:
+            length = int.from_bytes(self.buffer[:_LENGTH], "big")
+            if len(self.buffer) < _LENGTH + length:
+                return
+            kind, answer = pickle.loads(self.buffer[_LENGTH:_LENGTH + length])
+            del self.buffer[:_LENGTH + length]
+            done = self.waiting.popleft()
+            if kind == "error":
+                done(WriterError(answer))
+            else:
+                done([Outcome(stored, duplicates) for stored, duplicates in answer])
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self._fail(f"the ingest writer process ended ({type(exc).__name__ if exc else 'its output closed'})")
+
+    def process_exited(self) -> None:
+        self._fail("the ingest writer process ended")
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def _fail(self, why: str) -> None:
+        # its groups are lost to it; the next group starts a new one
+        self.gone = True
+        while self.waiting:
+            self.waiting.popleft()(WriterError(why))
+
+
 class WriterProcess:
-    """The server's end: starts the child, sends it groups, reads their outcomes.
+    """The server's end: starts the child, sends it groups, hands back their outcomes.
 
     Several groups may be in flight: the child writes them in the order sent and answers
     in that order, so each answer goes to the oldest group still waiting."""
@@ -75,82 +142,76 @@ class WriterProcess:
         self.url = url
         self.policies = policies
         self.checkpoint_every = checkpoint_every
-        self._child: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        # the groups sent to the child, oldest first, waiting for its answers
-        self._waiting: deque[asyncio.Future[list[Outcome]]] = deque()
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._child: _Child | None = None
         self._starting = asyncio.Lock()
 
+    @property
+    def running(self) -> bool:
+        """Started and not gone: a group can be sent without waiting (see send)."""
+        return self._child is not None and not self._child.gone
+
+    @property
+    def pid(self) -> int | None:
+        return self._transport.get_pid() if self._transport is not None and self.running else None
+
     async def start(self) -> None:
-        await self._started()
-
-    async def _started(self) -> tuple[asyncio.subprocess.Process, deque[asyncio.Future[list[Outcome]]]]:
         async with self._starting:
-            if self._child is None:
-                child = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "ingest.writer", stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE)
-                self._send(child, (self.url, self.policies, self.checkpoint_every))
-                self._child, self._waiting = child, deque()
-                self._reader = asyncio.create_task(self._answers(child, self._waiting))
-            return self._child, self._waiting
+            if not self.running:
+                if self._transport is not None:
+                    self._transport.close()  # the one that ended
+                loop = asyncio.get_running_loop()
+                transport, child = await loop.subprocess_exec(
+                    _Child, sys.executable, "-m", "ingest.writer", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=None)
+                self._transport, self._child = transport, child
+                self._send_frame((self.url, self.policies, self.checkpoint_every))
 
-    @staticmethod
-    def _send(child: asyncio.subprocess.Process, message: Any) -> None:
-        assert child.stdin is not None
+    def _send_frame(self, message: Any) -> None:
+        assert self._transport is not None
         frame = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        child.stdin.write(len(frame).to_bytes(_LENGTH, "big") + frame)
+        stdin = self._transport.get_pipe_transport(0)
+        assert isinstance(stdin, asyncio.WriteTransport)
+        stdin.write(len(frame).to_bytes(_LENGTH, "big") + frame)
+
+    def send(self, requests: Sequence[Submitted], now: datetime, done: Done) -> None:
+        """Send one group to the running child; *done* gets its outcomes or a WriterError."""
+        assert self._child is not None and self.running, "start() the writer process first"
+        self._child.waiting.append(done)
+        # if the child is gone, its protocol fails every group that waits, this one too
+        with contextlib.suppress(OSError, RuntimeError):
+            self._send_frame(([_encode(r) for r in requests], now))
 
     async def write(self, requests: Sequence[Submitted], now: datetime) -> list[Outcome]:
-        """Write one group in the child; its outcomes, or WriterError."""
-        child, waiting = await self._started()
+        """send(), awaited: starts the child if need be."""
+        await self.start()
         answer: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-        waiting.append(answer)
-        try:
-            self._send(child, ([_Request(r.source, r.provider, r.items, r.received_at) for r in requests], now))
-            assert child.stdin is not None
-            await child.stdin.drain()
-        except OSError:
-            pass  # the child is gone: its reader fails every group that waits, this one too
-        return await answer
 
-    async def _answers(self, child: asyncio.subprocess.Process,
-                       waiting: deque[asyncio.Future[list[Outcome]]]) -> None:
-        """Hand each answer to the oldest group waiting; when the child ends, fail the rest."""
-        assert child.stdout is not None
-        try:
-            while True:
-                length = int.from_bytes(await child.stdout.readexactly(_LENGTH), "big")
-                kind, answer = pickle.loads(await child.stdout.readexactly(length))
-                oldest = waiting.popleft()
-                if kind == "error":
-                    oldest.set_exception(WriterError(answer))
-                else:
-                    oldest.set_result([Outcome(stored, duplicates) for stored, duplicates in answer])
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            # gone (killed, out of memory, closed): its groups are lost to it, the next starts a new one
-            if self._child is child:
-                self._child = None
-            if child.returncode is None:
-                child.kill()
-            await child.wait()
-            while waiting:
-                waiting.popleft().set_exception(
-                    WriterError(f"the ingest writer process ended ({type(exc).__name__})"))
+        def done(result: list[Outcome] | BaseException) -> None:
+            if isinstance(result, BaseException):
+                answer.set_exception(result)
+            else:
+                answer.set_result(result)
+
+        self.send(requests, now, done)
+        return await answer
 
     async def close(self) -> None:
         """Close the child's stdin and wait for it to finish (it checkpoints as it closes)."""
-        child, reader, self._child = self._child, self._reader, None
-        if child is None or reader is None:
+        transport, child = self._transport, self._child
+        self._transport = self._child = None
+        if transport is None or child is None:
             return
-        assert child.stdin is not None
-        child.stdin.close()
+        stdin = transport.get_pipe_transport(0)
+        if stdin is not None:
+            stdin.close()
         try:
-            await asyncio.wait_for(child.wait(), timeout=30)
+            await asyncio.wait_for(asyncio.shield(child.exited), timeout=30)
         except TimeoutError:
             log.error("the ingest writer process did not finish in 30 s; killing it")
-            child.kill()
-        await reader
+            transport.kill()
+            await child.exited
+        transport.close()
 
 
 def _read(stream: BinaryIO) -> Any:
@@ -183,7 +244,8 @@ def main() -> int:
     since_checkpoint = 0
     try:
         while (message := _read(source)) is not None:
-            requests, now = message
+            encoded, now = message
+            requests = [_decode(r) for r in encoded]
             try:
                 with conn.begin():
                     outcomes = write_group(conn, requests, now, policies)

@@ -90,8 +90,8 @@ async def test_a_writer_process_that_dies_costs_its_group_a_503_and_is_replaced(
     running = asyncio.create_task(store.run(stop))
     try:
         assert (await store.submit("app", "events", _items(0, 2))).stored == 2
-        assert store._process is not None and store._process._child is not None
-        os.kill(store._process._child.pid, signal.SIGKILL)
+        assert store._process is not None and store._process.pid is not None
+        os.kill(store._process.pid, signal.SIGKILL)
         with pytest.raises(StorageUnavailableError):
             await store.submit("app", "events", _items(1, 2))
         # the provider retries: a new writer process stores it
@@ -114,3 +114,31 @@ async def test_a_group_the_writer_process_cannot_write_is_503(tmp_path: Path) ->
         stop.set()
         await running
         await db.dispose()
+
+
+def test_a_group_crosses_the_pipe_unchanged() -> None:
+    """Every field of Incoming and ContactRef, set to something other than its default, comes
+    out of the writer's encoding as it went in (a field added later and not sent fails here)."""
+    from dataclasses import fields
+    from datetime import UTC, datetime
+
+    from ingest.writer import _decode, _encode
+
+    at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    contact = ContactRef(id="c-1", phone="+4915112345678", email="a@example.com", timezone="Europe/Berlin",
+                         locale="de-DE", attributes=MappingProxyType({"tier": "gold"}))
+    item = Incoming(type="message.received", provider_event_id="SM1:received", channel="sms", contact=contact,
+                    occurred_at=at, provider_message_id="SM1", message_id="msg-1", status="received", text="STOP",
+                    data=MappingProxyType({"k": [1, {"x": None}]}), inbound=True)
+    for value, default in ((item, Incoming(item.type, item.provider_event_id)), (contact, ContactRef())):
+        left_as_default = [f.name for f in fields(value) if f.name not in ("type", "provider_event_id")
+                           and getattr(value, f.name) == getattr(default, f.name)]
+        assert left_as_default == [], f"set every field of {type(value).__name__} in this test"
+
+    class Sent:
+        source, provider, items, received_at = "twilio", "twilio", [item, Incoming("a.b", "x")], at
+
+    request = _decode(_encode(Sent()))
+    assert (request.source, request.provider, request.items, request.received_at) == ("twilio", "twilio",
+                                                                                      Sent.items, at)
+    assert isinstance(request.items[0].data, MappingProxyType)
