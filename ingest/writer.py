@@ -21,6 +21,7 @@ that dies takes its group with it (503 as well) and is started again for the nex
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import pickle
@@ -31,6 +32,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, BinaryIO, NamedTuple
+
+from sqlalchemy.engine import Connection
 
 from ingest.group import Outcome, Submitted
 from ingest.incoming import ContactRef, Incoming
@@ -227,9 +230,55 @@ def _write(stream: BinaryIO, message: Any) -> None:
     stream.flush()
 
 
+class _Checkpoints:
+    """The write-ahead log copied back into the database file in two steps.
+
+    The copy of what the log holds runs in a thread of its own, on a connection of its own,
+    while groups go on being written (SQLite's C code does not hold the interpreter lock).
+    That copy never reaches the end of a log that is still being written to, and SQLite
+    starts a log over only once a checkpoint has reached its end; so when it is done, the
+    writer copies the little written meanwhile itself, between two groups, and the next
+    group starts the log over. The groups wait for that short copy only, not the long one."""
+
+    def __init__(self, url: str, every: int) -> None:
+        from engine.db.database import sqlite_writer
+
+        self.every = every
+        self.since = 0  # events written since the last checkpoint began
+        self._engine = sqlite_writer(url)
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journeys-checkpoint")
+        self._copy: concurrent.futures.Future[None] | None = None
+
+    def after_group(self, conn: Connection, events: int) -> None:
+        """Called between groups, after one of *events* events was answered."""
+        from engine.db.database import checkpoint
+
+        self.since += events
+        if self._copy is not None and self._copy.done():
+            copy, self._copy = self._copy, None
+            try:
+                copy.result()
+                checkpoint(conn)  # the rest: what was written while the thread copied
+            except Exception:  # the next one tries again; nothing waits on this
+                log.exception("WAL checkpoint failed")
+        elif self._copy is None and self.since >= self.every:
+            self.since = 0
+            self._copy = self._thread.submit(self._copy_in_thread)
+
+    def _copy_in_thread(self) -> None:
+        from engine.db.database import checkpoint
+
+        with self._engine.connect() as own:
+            checkpoint(own)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self._engine.dispose()
+
+
 def main() -> int:
     """The child: ``python -m ingest.writer``, started by WriterProcess."""
-    from engine.db.database import checkpoint, sqlite_writer
+    from engine.db.database import sqlite_writer
     from ingest.group import write_group
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -241,7 +290,7 @@ def main() -> int:
     url, policies, checkpoint_every = init
     engine = sqlite_writer(url)
     conn = engine.connect()  # kept: a connection per group costs a pool round trip and a rollback
-    since_checkpoint = 0
+    checkpoints = _Checkpoints(url, checkpoint_every)
     try:
         while (message := _read(source)) is not None:
             encoded, now = message
@@ -254,15 +303,9 @@ def main() -> int:
                 _write(sink, ("error", f"{type(exc).__name__}: {exc}"))
                 continue
             _write(sink, ("ok", [(o.stored, o.duplicates) for o in outcomes]))
-            since_checkpoint += sum(len(r.items) for r in requests)
-            if since_checkpoint >= checkpoint_every:
-                # the requests are answered: the next group waits in the pipe meanwhile
-                since_checkpoint = 0
-                try:
-                    checkpoint(conn)
-                except Exception:  # the next one tries again; nothing waits on this
-                    log.exception("WAL checkpoint failed")
+            checkpoints.after_group(conn, sum(len(r.items) for r in requests))
     finally:
+        checkpoints.close()
         conn.close()
         engine.dispose()
     return 0
