@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, cast
 
 from litestar import asgi
@@ -110,10 +111,19 @@ async def _raw(scope: HTTPScope, receive: Receive, name: str, source: SourceConf
                       body=b"".join(chunks), received_at=datetime.now(UTC))
 
 
-async def _send(send: Send, reply: Reply, retry_after: int | None = None) -> None:
-    headers = [(b"content-type", reply.media_type.encode()), (b"content-length", str(len(reply.body)).encode())]
+@lru_cache(maxsize=256)
+def _headers(media_type: str, length: int, retry_after: int | None) -> list[tuple[bytes, bytes]]:
+    """The response's headers: a provider's replies are few, and the same every time.
+
+    Shared between responses: servers copy them rather than change them (ASGI)."""
+    headers = [(b"content-type", media_type.encode()), (b"content-length", str(length).encode())]
     if retry_after:
         headers.append((b"retry-after", str(retry_after).encode()))
+    return headers
+
+
+async def _send(send: Send, reply: Reply, retry_after: int | None = None) -> None:
+    headers = _headers(reply.media_type, len(reply.body), retry_after)
     start: HTTPResponseStartEvent = {"type": "http.response.start", "status": reply.status, "headers": headers}
     body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": reply.body, "more_body": False}
     await send(start)
