@@ -56,14 +56,17 @@ class Committer:
     event loop has run every request that was ready with it, so one group holds what came in
     together; when the last group was large, it also waits GROUP_WINDOW for more. The
     requests that arrive while it commits form the next group: groups grow with the load by
-    themselves, and a lone webhook is committed at once.
+    themselves, and a lone webhook is committed at once. With a writer process, two groups
+    may be in flight (the second queued behind the first in the writer).
 
     On SQLite the group is written on a synchronous connection (database.sqlite_writer): through
     aiosqlite every statement is several hand-offs between the event loop and the driver's
     thread, which cost more than the statements. *writer* says where:
 
     - ``"process"`` (``journeys serve``): a process of its own (ingest.writer), on the other
-      core, while the event loop receives the next group; the event loop awaits the answer.
+      core, while the event loop receives the next group. A group without opt-outs is sent
+      from _start and answered from the writer's protocol, with no task in between; one with
+      opt-outs goes through _commit, for the send gates.
     - ``"thread"`` (the default; tests and tools): a thread of this process, while the
       process's one async write connection is held so no transaction of the engine is open
       meanwhile. The event loop waits for the thread (up to BLOCK_FOR) instead of running on:

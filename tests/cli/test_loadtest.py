@@ -3,14 +3,17 @@ correctly signed and stored, and ``--rate`` spreads the requests out instead of 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import itertools
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
-from cli.loadtest import Result
+from cli.loadtest import Result, run_load
 from cli.main import main
 from tests.cli.test_serve import _env, _serving, deployment  # noqa: F401 (the fixture)
 
@@ -61,12 +64,6 @@ def test_a_wrong_secret_is_reported_not_counted(deployment: Path, tmp_path: Path
 async def test_a_paced_run_spreads_the_connections_out() -> None:
     """At --rate, each connection sends once per interval, the connections in turn: the first
     requests of 10 connections at 100/s leave 10 ms apart, not all at once."""
-    import asyncio
-    import itertools
-    import time
-
-    from cli.loadtest import run_load
-
     sent: list[float] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

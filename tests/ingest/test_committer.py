@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import signal
+from dataclasses import fields
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -19,6 +21,7 @@ from engine.db.database import connect
 from ingest.committer import CHECKPOINT_EVERY, Committer
 from ingest.errors import StorageUnavailableError
 from ingest.incoming import ContactRef, Incoming
+from ingest.writer import _decode, _encode
 from journeys.config import Policies
 from tests.services import sqlite_url
 
@@ -119,11 +122,6 @@ async def test_a_group_the_writer_process_cannot_write_is_503(tmp_path: Path) ->
 def test_a_group_crosses_the_pipe_unchanged() -> None:
     """Every field of Incoming and ContactRef, set to something other than its default, comes
     out of the writer's encoding as it went in (a field added later and not sent fails here)."""
-    from dataclasses import fields
-    from datetime import UTC, datetime
-
-    from ingest.writer import _decode, _encode
-
     at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
     contact = ContactRef(id="c-1", phone="+4915112345678", email="a@example.com", timezone="Europe/Berlin",
                          locale="de-DE", attributes=MappingProxyType({"tier": "gold"}))
@@ -142,3 +140,28 @@ def test_a_group_crosses_the_pipe_unchanged() -> None:
     assert (request.source, request.provider, request.items, request.received_at) == ("twilio", "twilio",
                                                                                       Sent.items, at)
     assert isinstance(request.items[0].data, MappingProxyType)
+
+
+async def test_an_opt_out_through_the_writer_process_suppresses_its_contact(tmp_path: Path) -> None:
+    """A group with an opt-out takes the way through the send gates; its suppression is
+    committed with it, and a group without one beside it is stored as usual."""
+    db = connect(sqlite_url(tmp_path))
+    await migrate.upgrade(db)
+    store = Committer(db, Policies(opt_out_scope=("sms",)), writer="process")
+    stop = asyncio.Event()
+    running = asyncio.create_task(store.run(stop))
+    try:
+        stop_word = Incoming(type="contact.opted_out", provider_event_id="SM9:received:opt", channel="sms",
+                             contact=ContactRef(phone="+4915112345678"))
+        outcomes = await asyncio.gather(store.submit("twilio", "twilio", [stop_word]),
+                                        store.submit("app", "events", _items(0, 2)))
+        assert [(o.stored, o.duplicates) for o in outcomes] == [(1, 0), (2, 0)]
+        async with db.read.connect() as conn:
+            suppressed = (await conn.exec_driver_sql(
+                "SELECT s.channel FROM suppressions s JOIN contacts c ON c.id = s.contact_id "
+                "WHERE c.phone = '+4915112345678'")).scalars().all()
+        assert suppressed == ["sms"]
+    finally:
+        stop.set()
+        await running
+        await db.dispose()
