@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Literal
 import pytest
 
 from engine.db import migrate
-from engine.db.database import connect
+from engine.db.database import Database, connect
 from ingest.committer import CHECKPOINT_EVERY, Committer
 from ingest.errors import StorageUnavailableError
 from ingest.incoming import ContactRef, Incoming
@@ -65,13 +67,26 @@ async def test_the_log_is_copied_back_and_starts_over(tmp_path: Path, writer: Wr
     assert log < unbounded / 3, (log, unbounded)
 
 
-async def test_the_writer_process_stores_once_and_says_what_repeated(tmp_path: Path) -> None:
-    db = connect(sqlite_url(tmp_path))
-    await migrate.upgrade(db)
-    store = Committer(db, Policies(), writer="process")
+@asynccontextmanager
+async def _writer_process(folder: Path, policies: Policies | None = None, *,
+                          migrated: bool = True) -> AsyncIterator[tuple[Database, Committer]]:
+    """A committer with its writer process, running on a new SQLite database in *folder*."""
+    db = connect(sqlite_url(folder))
+    if migrated:
+        await migrate.upgrade(db)
+    store = Committer(db, policies or Policies(), writer="process")
     stop = asyncio.Event()
     running = asyncio.create_task(store.run(stop))
     try:
+        yield db, store
+    finally:
+        stop.set()
+        await running
+        await db.dispose()
+
+
+async def test_the_writer_process_stores_once_and_says_what_repeated(tmp_path: Path) -> None:
+    async with _writer_process(tmp_path) as (db, store):
         first, again = await asyncio.gather(store.submit("app", "events", _items(0, 3)),
                                             store.submit("app", "events", _items(0, 5)))
         assert (first.stored, first.duplicates, again.stored, again.duplicates) == (3, 0, 2, 3)
@@ -79,19 +94,10 @@ async def test_the_writer_process_stores_once_and_says_what_repeated(tmp_path: P
             assert (await conn.exec_driver_sql("SELECT count(*) FROM events")).scalar_one() == 5
             attributes = (await conn.exec_driver_sql("SELECT attributes FROM contacts WHERE id = 'c-0'")).scalar_one()
         assert json.loads(attributes) == {"tier": "gold"}
-    finally:
-        stop.set()
-        await running
-        await db.dispose()
 
 
 async def test_a_writer_process_that_dies_costs_its_group_a_503_and_is_replaced(tmp_path: Path) -> None:
-    db = connect(sqlite_url(tmp_path))
-    await migrate.upgrade(db)
-    store = Committer(db, Policies(), writer="process")
-    stop = asyncio.Event()
-    running = asyncio.create_task(store.run(stop))
-    try:
+    async with _writer_process(tmp_path) as (_, store):
         assert (await store.submit("app", "events", _items(0, 2))).stored == 2
         assert store._process is not None and store._process.pid is not None
         os.kill(store._process.pid, signal.SIGKILL)
@@ -99,24 +105,12 @@ async def test_a_writer_process_that_dies_costs_its_group_a_503_and_is_replaced(
             await store.submit("app", "events", _items(1, 2))
         # the provider retries: a new writer process stores it
         assert (await store.submit("app", "events", _items(1, 2))).stored == 2
-    finally:
-        stop.set()
-        await running
-        await db.dispose()
 
 
 async def test_a_group_the_writer_process_cannot_write_is_503(tmp_path: Path) -> None:
-    db = connect(sqlite_url(tmp_path))  # no tables: every insert fails
-    store = Committer(db, Policies(), writer="process")
-    stop = asyncio.Event()
-    running = asyncio.create_task(store.run(stop))
-    try:
+    async with _writer_process(tmp_path, migrated=False) as (_, store):  # no tables: every insert fails
         with pytest.raises(StorageUnavailableError):
             await store.submit("app", "events", _items(0, 1))
-    finally:
-        stop.set()
-        await running
-        await db.dispose()
 
 
 def test_a_group_crosses_the_pipe_unchanged() -> None:
@@ -145,12 +139,7 @@ def test_a_group_crosses_the_pipe_unchanged() -> None:
 async def test_an_opt_out_through_the_writer_process_suppresses_its_contact(tmp_path: Path) -> None:
     """A group with an opt-out takes the way through the send gates; its suppression is
     committed with it, and a group without one beside it is stored as usual."""
-    db = connect(sqlite_url(tmp_path))
-    await migrate.upgrade(db)
-    store = Committer(db, Policies(opt_out_scope=("sms",)), writer="process")
-    stop = asyncio.Event()
-    running = asyncio.create_task(store.run(stop))
-    try:
+    async with _writer_process(tmp_path, Policies(opt_out_scope=("sms",))) as (db, store):
         stop_word = Incoming(type="contact.opted_out", provider_event_id="SM9:received:opt", channel="sms",
                              contact=ContactRef(phone="+4915112345678"))
         outcomes = await asyncio.gather(store.submit("twilio", "twilio", [stop_word]),
@@ -161,7 +150,3 @@ async def test_an_opt_out_through_the_writer_process_suppresses_its_contact(tmp_
                 "SELECT s.channel FROM suppressions s JOIN contacts c ON c.id = s.contact_id "
                 "WHERE c.phone = '+4915112345678'")).scalars().all()
         assert suppressed == ["sms"]
-    finally:
-        stop.set()
-        await running
-        await db.dispose()
