@@ -8,14 +8,17 @@ of its own it runs on the other core while the event loop reads, verifies and no
 the next group's requests.
 
 The server sends each group over the child's stdin and reads the outcome on its stdout:
-a 4-byte length, then a pickle (the two ends are the same program). The child answers the
-groups in the order they came, and the Committer keeps the next group queued behind the
-one being written, so the child never waits for the server. The child polls for SQLite's write lock
-like the writer thread does, and checkpoints the write-ahead log between groups. It exits
-when its stdin closes, which includes the server dying: nothing is left running.
+a 4-byte length, then a pickle of plain tuples (the two ends are the same program). The
+child answers the groups in the order they came, and the Committer keeps the next group
+queued behind the one being written, so the child never waits for the server. The child
+polls for SQLite's write lock like the writer thread does, and checkpoints the write-ahead
+log (_Checkpoints). It exits when its stdin closes, which includes the server dying:
+nothing is left running. It ignores SIGINT and SIGTERM, which a terminal or a service manager
+sends the whole process group: the server drains its requests first, then closes that stdin.
+Its log lines go to the server's stderr.
 
 An error in a group comes back as an error, and that group's requests get 503. A child
-that dies takes its group with it (503 as well) and is started again for the next group.
+that dies takes its groups with it (503 as well) and is started again for the next group.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import concurrent.futures
 import contextlib
 import logging
 import pickle
+import signal
 import subprocess
 import sys
 from collections import deque
@@ -282,6 +286,10 @@ def main() -> int:
     from ingest.group import write_group
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ctrl+C in a terminal, or a service manager stopping the whole group, signals us too: the
+    # server still has groups for us while it drains, and closes our stdin when it is done.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # stdout carries frames only
     init = _read(source)

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -52,11 +53,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _serving(args: list[str], log: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """``journeys <args> --port P`` on a free port, once it answers /healthz."""
+def _serving(args: list[str], log: Path, env: dict[str, str],
+             new_session: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """``journeys <args> --port P`` on a free port, once it answers /healthz (in a process group
+    of its own with *new_session*, as a terminal would start it)."""
     port = free_port()
     with log.open("wb") as out:
-        proc = subprocess.Popen([EXE, *args, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([EXE, *args, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=new_session)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
@@ -200,3 +204,42 @@ def test_webhooks_and_the_engine_in_two_processes(deployment: Path, tmp_path: Pa
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
+
+
+def test_ctrl_c_stops_serve_and_its_writer_process_after_the_last_webhook(deployment: Path, tmp_path: Path) -> None:
+    """SIGINT to the whole process group (Ctrl+C in a terminal): the server and its writer
+    process are both gone afterwards, and what was acknowledged is stored."""
+    from ingest.providers.events import sign
+
+    secret = "whsec_" + base64.b64encode(b"ctrl-c-test-secret-0123456789abc").decode()
+    env = {**_env(), "APP_WEBHOOK_SECRET": secret}
+    proc, base = _serving(["serve", str(deployment), "--dev", "--no-engine"], tmp_path / "web.log", env,
+                          new_session=True)
+    try:
+        writers = subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "ingest.writer"], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(writers) == 1, writers
+        body = json.dumps({"id": "inv-c", "type": "invoice.overdue", "contact": {"id": "c-c"},
+                           "data": {"amount_due": 3, "invoice_id": "I-c"}}).encode()
+        stamp = int(time.time())
+        answer = httpx.post(f"{base}/ingest/app", content=body, headers={
+            "content-type": "application/json", "webhook-id": "msg_c", "webhook-timestamp": str(stamp),
+            "webhook-signature": sign(secret, "msg_c", stamp, body)})
+        assert answer.status_code == 202, answer.text
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the writer process outlived the server")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with sqlite3.connect(deployment / "journeys.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE provider_event_id = 'inv-c'").fetchone()[0] == 1
