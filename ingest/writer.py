@@ -27,10 +27,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import pickle
 import signal
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -105,6 +107,7 @@ class _Child(asyncio.SubprocessProtocol):
         self.waiting: deque[Done] = deque()  # one per group sent, oldest first
         self.buffer = bytearray()
         self.gone = False
+        self.answered = 0
         self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
@@ -118,6 +121,7 @@ class _Child(asyncio.SubprocessProtocol):
             kind, answer = pickle.loads(self.buffer[_LENGTH:_LENGTH + length])
             del self.buffer[:_LENGTH + length]
             done = self.waiting.popleft()
+            self.answered += 1
             if kind == "error":
                 done(WriterError(answer))
             else:
@@ -145,10 +149,18 @@ class WriterProcess:
     Several groups may be in flight: the child writes them in the order sent and answers
     in that order, so each answer goes to the oldest group still waiting."""
 
+    # A child that ended without answering a group (it cannot import, or open the database)
+    # is not started again for every group that comes: that would spend the server's CPU on
+    # starting Pythons.
+    RESTART_AFTER = 1.0  # seconds since the last start
+
     def __init__(self, url: str, policies: Policies, checkpoint_every: int) -> None:
         self.url = url
         self.policies = policies
         self.checkpoint_every = checkpoint_every
+        self.command = [sys.executable, "-m", "ingest.writer"]
+        self.starts = 0
+        self._started_at = -math.inf
         self._transport: asyncio.SubprocessTransport | None = None
         self._child: _Child | None = None
         self._starting = asyncio.Lock()
@@ -167,10 +179,15 @@ class WriterProcess:
             if not self.running:
                 if self._transport is not None:
                     self._transport.close()  # the one that ended
+                    useless = self._child is not None and not self._child.answered
+                    if useless and time.monotonic() - self._started_at < self.RESTART_AFTER:
+                        raise WriterError("the ingest writer process ended right after it started (see the "
+                                          "log above); it is started again in a second")
                 loop = asyncio.get_running_loop()
+                self._started_at = time.monotonic()
+                self.starts += 1
                 transport, child = await loop.subprocess_exec(
-                    _Child, sys.executable, "-m", "ingest.writer", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=None)
+                    _Child, *self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
                 self._transport, self._child = transport, child
                 self._send_frame((self.url, self.policies, self.checkpoint_every))
 

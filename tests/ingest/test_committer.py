@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import fields
@@ -150,3 +151,23 @@ async def test_an_opt_out_through_the_writer_process_suppresses_its_contact(tmp_
                 "SELECT s.channel FROM suppressions s JOIN contacts c ON c.id = s.contact_id "
                 "WHERE c.phone = '+4915112345678'")).scalars().all()
         assert suppressed == ["sms"]
+
+
+async def test_a_writer_process_that_cannot_start_is_not_started_for_every_group(tmp_path: Path) -> None:
+    db = connect(sqlite_url(tmp_path))
+    await migrate.upgrade(db)
+    store = Committer(db, Policies(), writer="process")
+    assert store._process is not None
+    store._process.command = [sys.executable, "-c", "import sys; sys.exit(3)"]  # dies before its first group
+    try:
+        for group in range(5):
+            with pytest.raises(StorageUnavailableError):
+                await store.submit("app", "events", _items(group, 1))
+        assert store._process.starts == 1
+        store._process.RESTART_AFTER = 0  # a second later: tried again
+        with pytest.raises(StorageUnavailableError):
+            await store.submit("app", "events", _items(9, 1))
+        assert store._process.starts == 2
+    finally:
+        await store.close()
+        await db.dispose()
