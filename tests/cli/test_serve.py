@@ -243,3 +243,23 @@ def test_ctrl_c_stops_serve_and_its_writer_process_after_the_last_webhook(deploy
             proc.wait()
     with sqlite3.connect(deployment / "journeys.db") as conn:
         assert conn.execute("SELECT count(*) FROM events WHERE provider_event_id = 'inv-c'").fetchone()[0] == 1
+
+
+def test_the_writer_process_ends_when_the_server_is_killed(deployment: Path, tmp_path: Path) -> None:
+    """SIGKILL leaves the server no time to stop anything: its writer process sees its stdin
+    close and ends by itself."""
+    proc, _ = _serving(["serve", str(deployment), "--dev", "--no-engine"], tmp_path / "web.log", _env())
+    writers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "ingest.writer"], capture_output=True,
+                             text=True).stdout.split()
+    assert len(writers) == 1, writers
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(writers[0]), 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(int(writers[0]), signal.SIGKILL)
+    raise AssertionError("the writer process outlived the server")
