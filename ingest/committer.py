@@ -259,9 +259,11 @@ def cleaned(items: list[Incoming]) -> list[Incoming]:
     """Items with canonical phones and emails (raises MalformedError on a bad one)."""
     out = []
     for item in items:
-        if item.contact is not None:
-            contact = contacts.clean(item.contact)
-            if contact != item.contact:  # most providers send canonical numbers already
-                item = replace(item, contact=contact)
+        ref = item.contact
+        if ref is not None:
+            phone = contacts.e164(ref.phone) if ref.phone else None
+            email = contacts.email(ref.email) if ref.email else None
+            if phone != ref.phone or email != ref.email:  # most providers send canonical ones already
+                item = replace(item, contact=replace(ref, phone=phone, email=email))
         out.append(item)
     return out

@@ -50,14 +50,6 @@ def email(raw: str) -> str:
     return value
 
 
-def clean(ref: ContactRef) -> ContactRef:
-    """The same reference with its phone and email in canonical form (raises MalformedError)."""
-    return ContactRef(
-        id=ref.id, phone=e164(ref.phone) if ref.phone else None, email=email(ref.email) if ref.email else None,
-        timezone=ref.timezone, locale=ref.locale, attributes=ref.attributes,
-    )
-
-
 # What resolve_sync and _update read of a contact (not its timestamps: fewer values to convert);
 # its attributes (JSON) only when a reference brings some to merge.
 _RESOLVE_COLUMNS = (contacts.c.id, contacts.c.phone, contacts.c.email, contacts.c.timezone, contacts.c.locale)

@@ -25,6 +25,7 @@ from ingest.status import known_meaning, meaning
 from journeys.config import SourceConfig
 
 TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
+_TWIML_REPLY = Reply(200, TWIML_EMPTY, "text/xml")
 MESSAGE_ID_PARAM = "message_id"  # our message id in the StatusCallback URL
 # Error codes after which the same message may still get through later (unreachable handset,
 # carrier congestion, queue overflow): not a reason to stop trying this contact.
@@ -33,6 +34,8 @@ TEMPORARY_ERRORS = {"30001", "30003", "30008", "30009", "30017"}
 
 def _signed_params(params: list[tuple[str, str]]) -> str:
     """The part of what Twilio signs that follows the URL."""
+    if len({key for key, _ in params}) == len(params):  # no name twice: the usual callback
+        return "".join(key + value for key, value in sorted(params))
     # Twilio sorts by name; a repeated name's values are sorted and counted once.
     values: dict[str, set[str]] = {}
     for key, value in params:
@@ -96,13 +99,16 @@ class TwilioProvider:
             params = request.form_pairs
         algorithm = _algorithm(request)
         signed = _signed_params(params)
-        variants = _url_variants(source.public_url or "", request.query)
+        base, query = source.public_url or "", request.query
         # The URL as configured first, with every secret (the time does not say which one
         # matched); the other forms of it only when that fails. Which form of a public URL
         # Twilio signed is no secret.
-        for urls in (variants[:1], variants[1:]):
-            if any_equal([given], [_sign(token, url, signed, algorithm) for token in source.secrets for url in urls]):
-                return
+        first = f"{base}?{query}" if query else base
+        if any_equal([given], [_sign(token, first, signed, algorithm) for token in source.secrets]):
+            return
+        others = [url for url in _url_variants(base, query) if url != first]
+        if any_equal([given], [_sign(token, url, signed, algorithm) for token in source.secrets for url in others]):
+            return
         raise SignatureError("X-Twilio-Signature does not match (check public_url and the auth token)")
 
     def normalize(self, request: RawRequest, source: SourceConfig) -> list[Incoming]:
@@ -122,7 +128,7 @@ class TwilioProvider:
         word = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
         sender, recipient = form.get("From", ""), form.get("To", "")
         channel = "whatsapp" if sender.startswith("whatsapp:") or recipient.startswith("whatsapp:") else "sms"
-        ours = dict(parse_qsl(request.query)).get(MESSAGE_ID_PARAM)
+        ours = dict(parse_qsl(request.query)).get(MESSAGE_ID_PARAM) if MESSAGE_ID_PARAM in request.query else None
         inbound = word in ("received", "receiving", "") and "Body" in form
         if inbound:
             phone = sender.removeprefix("whatsapp:")
@@ -177,7 +183,7 @@ class TwilioProvider:
 
     def reply(self, request: RawRequest, items: list[Incoming]) -> Reply:
         # An empty TwiML answer: no auto-reply from Twilio on our behalf.
-        return Reply(200, TWIML_EMPTY, "text/xml")
+        return _TWIML_REPLY
 
 
 PROVIDER = TwilioProvider()
