@@ -166,21 +166,26 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
         return subprocess.Popen([EXE, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def test_webhooks_and_the_engine_in_two_processes(deployment: Path, tmp_path: Path) -> None:
+def _post_overdue(base: str, secret: str, key: str, contact: dict[str, str]) -> httpx.Response:
+    """A signed invoice.overdue event (id ``inv-<key>``) to the deployment's ``app`` source."""
     from ingest.providers.events import sign
+
+    body = json.dumps({"id": f"inv-{key}", "type": "invoice.overdue", "contact": contact,
+                       "data": {"amount_due": 12, "invoice_id": f"I-{key}"}}).encode()
+    stamp = int(time.time())
+    return httpx.post(f"{base}/ingest/app", content=body, headers={
+        "content-type": "application/json", "webhook-id": f"msg_{key}", "webhook-timestamp": str(stamp),
+        "webhook-signature": sign(secret, f"msg_{key}", stamp, body)})
+
+
+def test_webhooks_and_the_engine_in_two_processes(deployment: Path, tmp_path: Path) -> None:
 
     secret = "whsec_" + base64.b64encode(b"two-processes-secret-0123456789ab").decode()
     env = {**_env(), "APP_WEBHOOK_SECRET": secret}
     web, base = _serving(["serve", str(deployment), "--dev", "--no-engine"], tmp_path / "web.log", env)
     engine: subprocess.Popen[bytes] | None = None
     try:
-        contact = {"id": "c-9", "phone": "+4915112345679"}
-        body = json.dumps({"id": "inv-9", "type": "invoice.overdue", "contact": contact,
-                           "data": {"amount_due": 12, "invoice_id": "I-9"}}).encode()
-        stamp = int(time.time())
-        answer = httpx.post(f"{base}/ingest/app", content=body, headers={
-            "content-type": "application/json", "webhook-id": "msg_9", "webhook-timestamp": str(stamp),
-            "webhook-signature": sign(secret, "msg_9", stamp, body)})
+        answer = _post_overdue(base, secret, "9", {"id": "c-9", "phone": "+4915112345679"})
         assert answer.status_code == 202, answer.text
         time.sleep(0.5)
         # stored, and nobody here to process it
@@ -209,7 +214,6 @@ def test_webhooks_and_the_engine_in_two_processes(deployment: Path, tmp_path: Pa
 def test_ctrl_c_stops_serve_and_its_writer_process_after_the_last_webhook(deployment: Path, tmp_path: Path) -> None:
     """SIGINT to the whole process group (Ctrl+C in a terminal): the server and its writer
     process are both gone afterwards, and what was acknowledged is stored."""
-    from ingest.providers.events import sign
 
     secret = "whsec_" + base64.b64encode(b"ctrl-c-test-secret-0123456789abc").decode()
     env = {**_env(), "APP_WEBHOOK_SECRET": secret}
@@ -219,12 +223,7 @@ def test_ctrl_c_stops_serve_and_its_writer_process_after_the_last_webhook(deploy
         writers = subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "ingest.writer"], capture_output=True,
                                  text=True).stdout.split()
         assert len(writers) == 1, writers
-        body = json.dumps({"id": "inv-c", "type": "invoice.overdue", "contact": {"id": "c-c"},
-                           "data": {"amount_due": 3, "invoice_id": "I-c"}}).encode()
-        stamp = int(time.time())
-        answer = httpx.post(f"{base}/ingest/app", content=body, headers={
-            "content-type": "application/json", "webhook-id": "msg_c", "webhook-timestamp": str(stamp),
-            "webhook-signature": sign(secret, "msg_c", stamp, body)})
+        answer = _post_overdue(base, secret, "c", {"id": "c-c"})
         assert answer.status_code == 202, answer.text
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=30)
