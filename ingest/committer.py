@@ -142,7 +142,10 @@ class Committer:
         if process is not None and process.running and not any(_opts_out(i) for job in jobs for i in job.items):
             # Straight to the writer process, and its answer straight to the requests: no task
             # in between to wait its turn in the event loop's queue (ingest.writer._Child).
-            process.send(jobs, datetime.now(UTC), lambda result: self._finish(loop, jobs, result))
+            try:
+                process.send(jobs, datetime.now(UTC), lambda result: self._finish(loop, jobs, result))
+            except Exception as exc:  # not even sent (it could not be encoded): 503 for the group
+                self._finish(loop, jobs, exc)
             return
         task = loop.create_task(self._commit(jobs))
         task.add_done_callback(lambda finished: self._finish(

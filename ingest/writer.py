@@ -192,19 +192,24 @@ class WriterProcess:
                 self._send_frame((self.url, self.policies, self.checkpoint_every))
 
     def _send_frame(self, message: Any) -> None:
+        self._write_frame(_frame(message))
+
+    def _write_frame(self, frame: bytes) -> None:
         assert self._transport is not None
-        frame = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         stdin = self._transport.get_pipe_transport(0)
         assert isinstance(stdin, asyncio.WriteTransport)
-        stdin.write(len(frame).to_bytes(_LENGTH, "big") + frame)
+        stdin.write(frame)
 
     def send(self, requests: Sequence[Submitted], now: datetime, done: Done) -> None:
-        """Send one group to the running child; *done* gets its outcomes or a WriterError."""
+        """Send one group to the running child; *done* gets its outcomes or a WriterError.
+
+        Raises (and sends nothing) when the group cannot be encoded."""
         assert self._child is not None and self.running, "start() the writer process first"
+        frame = _frame(([_encode(r) for r in requests], now))
         self._child.waiting.append(done)
         # if the child is gone, its protocol fails every group that waits, this one too
         with contextlib.suppress(OSError, RuntimeError):
-            self._send_frame(([_encode(r) for r in requests], now))
+            self._write_frame(frame)
 
     async def write(self, requests: Sequence[Submitted], now: datetime) -> list[Outcome]:
         """send(), awaited: starts the child if need be."""
@@ -238,6 +243,12 @@ class WriterProcess:
         transport.close()
 
 
+def _frame(message: Any) -> bytes:
+    """*message* as it crosses the pipe: its length, then its pickle."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(data).to_bytes(_LENGTH, "big") + data
+
+
 def _read(stream: BinaryIO) -> Any:
     head = stream.read(_LENGTH)
     if len(head) < _LENGTH:
@@ -246,8 +257,7 @@ def _read(stream: BinaryIO) -> Any:
 
 
 def _write(stream: BinaryIO, message: Any) -> None:
-    frame = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(len(frame).to_bytes(_LENGTH, "big") + frame)
+    stream.write(_frame(message))
     stream.flush()
 
 

@@ -171,3 +171,15 @@ async def test_a_writer_process_that_cannot_start_is_not_started_for_every_group
     finally:
         await store.close()
         await db.dispose()
+
+
+async def test_a_group_that_cannot_be_sent_is_503_and_the_next_one_is_stored(tmp_path: Path) -> None:
+    """Nothing a provider sends is like this (its data is JSON or form text), but if a value
+    could not cross the pipe, that group gets 503s and the answers of later groups still go to
+    the right requests."""
+    async with _writer_process(tmp_path) as (_, store):
+        await store.submit("app", "events", _items(0, 1))  # the writer is up: groups go straight to it
+        odd = Incoming(type="order.created", provider_event_id="odd", data=MappingProxyType({"x": lambda: 1}))
+        with pytest.raises(StorageUnavailableError):  # not left waiting for an answer that never comes
+            await asyncio.wait_for(store.submit("app", "events", [odd]), timeout=10)
+        assert (await asyncio.wait_for(store.submit("app", "events", _items(1, 3)), timeout=10)).stored == 3
