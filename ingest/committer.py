@@ -83,6 +83,7 @@ class Committer:
         self._pending: deque[_Job] = deque()
         self._scheduled = False  # the next group's start is scheduled
         self._running = 0  # groups started and not yet answered
+        self._through_commit = 0  # of those, the ones in _commit (see _kick)
         self._last_group = 0  # requests in the last group: is the endpoint busy?
         self._idle = asyncio.Event()
         self._idle.set()
@@ -117,7 +118,10 @@ class Committer:
 
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
         """Schedule the next group's start, if there is room for one more in flight."""
-        if self._scheduled or self._running >= self._depth or not self._pending:
+        # A group on its way through _commit (opt-outs: a read and the gates first) is the last
+        # in flight until it is written: one started after it could reach the writer first.
+        depth = 1 if self._through_commit else self._depth
+        if self._scheduled or self._running >= depth or not self._pending:
             return
         self._scheduled = True
         if self._last_group >= BUSY_GROUP:
@@ -147,9 +151,14 @@ class Committer:
             except Exception as exc:  # not even sent (it could not be encoded): 503 for the group
                 self._finish(loop, jobs, exc)
             return
+        self._through_commit += 1
         task = loop.create_task(self._commit(jobs))
-        task.add_done_callback(lambda finished: self._finish(
-            loop, jobs, finished.exception() or finished.result()))
+
+        def committed(finished: asyncio.Task[list[Outcome]]) -> None:
+            self._through_commit -= 1
+            self._finish(loop, jobs, finished.exception() or finished.result())
+
+        task.add_done_callback(committed)
 
     def _finish(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], result: list[Outcome] | BaseException) -> None:
         error = result if isinstance(result, BaseException) else None

@@ -183,3 +183,22 @@ async def test_a_group_that_cannot_be_sent_is_503_and_the_next_one_is_stored(tmp
         with pytest.raises(StorageUnavailableError):  # not left waiting for an answer that never comes
             await asyncio.wait_for(store.submit("app", "events", [odd]), timeout=10)
         assert (await asyncio.wait_for(store.submit("app", "events", _items(1, 3)), timeout=10)).stored == 3
+
+
+async def test_a_group_after_an_opt_out_group_is_written_after_it(tmp_path: Path) -> None:
+    """An opt-out's group reads its contacts and passes the send gates before it is written;
+    a group that arrives meanwhile waits for it rather than overtaking it in the log."""
+    async with _writer_process(tmp_path) as (db, store):
+        await store.submit("app", "events", _items(0, 1))  # the writer is up: groups go straight to it
+        stop_word = Incoming(type="contact.opted_out", provider_event_id="SM9:received:opt", channel="sms",
+                             contact=ContactRef(phone="+4915112345678"))
+        first = asyncio.create_task(store.submit("twilio", "twilio", [stop_word]))
+        for _ in range(3):  # its group starts, and waits for its read
+            await asyncio.sleep(0)
+        second = asyncio.create_task(store.submit("app", "events", _items(5, 1)))
+        await asyncio.gather(first, second)
+        async with db.read.connect() as conn:
+            order = [r[0] for r in await conn.exec_driver_sql(
+                "SELECT provider_event_id FROM events WHERE provider_event_id IN ('SM9:received:opt', '5-0') "
+                "ORDER BY seq")]
+        assert order == ["SM9:received:opt", "5-0"]
