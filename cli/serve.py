@@ -130,7 +130,8 @@ def serve(path: str, host: str, port: int, dev: bool = False, engine_here: bool 
         loops += processing(folder, deployment, db, engine)
     app = build_app(db, loops=loops, admin_token=os.environ.get("JOURNEYS_ADMIN_TOKEN") or None,
                     state={"deployment": deployment, "registry": engine.registry,
-                           "ingest": Ingest(deployment.config, committer)},
+                           "ingest": Ingest(deployment.config, committer),
+                           "readiness": {"ingest_writer": committer.problem}},
                     route_handlers=ROUTES)
     _logging()
     print(f"journeys: serving {folder} on http://{host}:{port} with {len(deployment.journeys)} journeys, "

@@ -8,7 +8,7 @@ with that token, compared in constant time.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -223,7 +223,8 @@ def healthz() -> dict[str, str]:
 
 @get("/readyz")
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """Readiness: the database answers and its migrations are current."""
+    """Readiness: the database answers, its migrations are current, and every check in
+    ``app.state["readiness"]`` (name -> a function giving a problem or None) passes."""
     try:
         at = await migrate.current(db_of(request))
     except Exception as exc:
@@ -232,4 +233,8 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     want = migrate.head()
     if at != want:
         return Response({"status": "unavailable", "database": f"at migration {at}, needs {want}"}, status_code=503)
+    checks: dict[str, Callable[[], str | None]] = request.app.state.get("readiness", {})
+    problems = {name: problem for name, check in checks.items() if (problem := check())}
+    if problems:
+        return Response({"status": "unavailable", "database": "ok", **problems}, status_code=503)
     return Response({"status": "ok", "database": "ok", "migration": at})

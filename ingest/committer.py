@@ -107,6 +107,10 @@ class Committer:
         self._kick(loop)
         return await job.future
 
+    def problem(self) -> str | None:
+        """Why groups cannot be written now (the writer process), else None: a readiness check."""
+        return self._process.problem if self._process is not None else None
+
     async def run(self, stop: asyncio.Event) -> None:
         """Start the writer process (if any), wait for *stop*, then for the requests still
         waiting to be committed; close the writer."""

@@ -171,6 +171,14 @@ class WriterProcess:
         return self._child is not None and not self._child.gone
 
     @property
+    def problem(self) -> str | None:
+        """Why webhooks cannot be written now, for /readyz: the last child ended before it wrote
+        anything (a crash after writing is replaced by the next group, and is no such sign)."""
+        if self.running or self._child is None or self._child.answered:
+            return None
+        return "the ingest writer process ended before it wrote a group (see the log)"
+
+    @property
     def pid(self) -> int | None:
         return self._transport.get_pid() if self._transport is not None and self.running else None
 

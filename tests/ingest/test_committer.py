@@ -18,9 +18,11 @@ from types import MappingProxyType
 from typing import Literal
 
 import pytest
+from litestar.testing import AsyncTestClient
 
 from engine.db import migrate
 from engine.db.database import Database, connect
+from ingest.app import build_app
 from ingest.committer import CHECKPOINT_EVERY, Committer
 from ingest.errors import StorageUnavailableError
 from ingest.incoming import ContactRef, Incoming
@@ -202,3 +204,37 @@ async def test_a_group_after_an_opt_out_group_is_written_after_it(tmp_path: Path
                 "SELECT provider_event_id FROM events WHERE provider_event_id IN ('SM9:received:opt', '5-0') "
                 "ORDER BY seq")]
         assert order == ["SM9:received:opt", "5-0"]
+
+
+async def test_a_writer_process_that_cannot_start_is_a_readiness_problem(tmp_path: Path) -> None:
+    db = connect(sqlite_url(tmp_path))
+    await migrate.upgrade(db)
+    store = Committer(db, Policies(), writer="process")
+    assert store._process is not None and store.problem() is None  # not started: nothing to say yet
+    store._process.command = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    try:
+        with pytest.raises(StorageUnavailableError):
+            await store.submit("app", "events", _items(0, 1))
+        assert "ended before it wrote a group" in (store.problem() or "")
+        store._process.command = [sys.executable, "-m", "ingest.writer"]
+        store._process.RESTART_AFTER = 0
+        assert (await store.submit("app", "events", _items(1, 1))).stored == 1  # a working one replaces it
+        assert store.problem() is None
+    finally:
+        await store.close()
+        await db.dispose()
+
+
+async def test_readyz_reports_a_readiness_problem(tmp_path: Path) -> None:
+    db = connect(sqlite_url(tmp_path))
+    await migrate.upgrade(db)
+    await db.dispose()
+    problem: list[str | None] = ["the ingest writer process ended before it wrote a group (see the log)"]
+    # the app runs on the test client's own event loop, with connections of its own
+    app = build_app(connect(sqlite_url(tmp_path)), state={"readiness": {"ingest_writer": lambda: problem[0]}})
+    async with AsyncTestClient(app=app) as client:
+        answer = await client.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json() == {"status": "unavailable", "database": "ok", "ingest_writer": problem[0]}
+        problem[0] = None
+        assert (await client.get("/readyz")).json()["status"] == "ok"
