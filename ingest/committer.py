@@ -20,7 +20,7 @@ from typing import Literal
 from sqlalchemy.engine import Connection
 
 from actions.gate import GATES
-from engine.db.database import Database, checkpoint
+from engine.db.database import Checkpoints, Database
 from ingest import contacts, optout
 from ingest.errors import StorageUnavailableError
 from ingest.group import Outcome, write_group
@@ -36,7 +36,7 @@ BLOCK_FOR = 0.05
 # seconds before it commits; after a smaller one, it commits at once.
 BUSY_GROUP = 8
 GROUP_WINDOW = 0.003
-# SQLite: the ingest writer checkpoints the write-ahead log after this many events (database.checkpoint).
+# SQLite: the ingest writer checkpoints the write-ahead log after this many events (database.Checkpoints).
 CHECKPOINT_EVERY = 1000
 
 
@@ -95,8 +95,7 @@ class Committer:
         self._depth = 2 if self._process is not None else 1
         self._sqlite: Connection | None = None  # the writer thread's own (SQLite)
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
-        self._since_checkpoint = 0  # items written since the last WAL checkpoint (SQLite)
-        self._checkpointing = False  # one is queued or running in the writer's thread
+        self._checkpoints: Checkpoints | None = None  # the writer thread's (SQLite)
 
     async def submit(self, source: str, provider: str, items: list[Incoming],
                      received_at: datetime | None = None) -> Outcome:
@@ -197,26 +196,17 @@ class Committer:
                 return await self._write_in_thread(jobs, now)
 
     async def _write_in_thread(self, jobs: list[_Job], now: datetime) -> list[Outcome]:
-        """The SQLite group commit, in the writer's thread; checkpoints after it now and then."""
+        """The SQLite group commit, in the writer's thread; the checkpoints' turn after it."""
         writer = self._writer()
         written = writer.submit(self._write_sqlite, jobs, now)
-        if self._checkpointing:
-            # queued behind a checkpoint (tens of ms): the event loop runs on meanwhile
-            outcomes = await asyncio.wrap_future(written)
-        else:
-            try:
-                outcomes = written.result(timeout=BLOCK_FOR)
-            except concurrent.futures.TimeoutError:
-                # Someone else holds SQLite's lock (another process, or a connection of this
-                # one that needs the event loop to finish): let the loop run meanwhile.
-                outcomes = await asyncio.wrap_future(written)
-        self._since_checkpoint += sum(len(job.items) for job in jobs)
-        if self._since_checkpoint >= self.checkpoint_every:
-            # next in the writer's queue, but nobody waits for it: see _checkpoint
-            self._since_checkpoint = 0
-            self._checkpointing = True
-            writer.submit(self._checkpoint)
-        return outcomes
+        # next in the writer's queue, and nobody waits for it: the requests are answered first
+        writer.submit(self._after_write, sum(len(job.items) for job in jobs))
+        try:
+            return written.result(timeout=BLOCK_FOR)
+        except concurrent.futures.TimeoutError:
+            # Someone else holds SQLite's lock (another process, or a connection of this
+            # one that needs the event loop to finish): let the loop run meanwhile.
+            return await asyncio.wrap_future(written)
 
     def _writer(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._thread is None:
@@ -234,31 +224,26 @@ class Committer:
         if self._sqlite is None:
             # kept open in the writer's thread: a connection per group costs a pool round trip and a rollback
             self._sqlite = self.db.sqlite_writer().connect()
+            self._checkpoints = Checkpoints(self.db.url, self.checkpoint_every)
         with self._sqlite.begin():
             return write_group(self._sqlite, jobs, now, self.policies)
 
-    def _checkpoint(self) -> None:
-        """database.checkpoint, in the writer's thread, after a commit (queued, nobody waits for it):
-        SQLite's C code does not hold the interpreter lock, so the event loop answers the
-        requests just committed meanwhile."""
-        assert self._sqlite is not None
-        try:
-            checkpoint(self._sqlite)
-        except Exception:  # the next one tries again; nothing waits on this
-            log.exception("WAL checkpoint failed")
-        finally:
-            self._checkpointing = False
+    def _after_write(self, rows: int) -> None:
+        if self._sqlite is not None and self._checkpoints is not None:
+            self._checkpoints.after_write(self._sqlite, rows)
 
     async def close(self) -> None:
         """Close the SQLite writer: the process, or the thread and its connection."""
         if self._process is not None:
             await self._process.close()
-        thread, conn = self._thread, self._sqlite
-        self._thread = self._sqlite = None
+        thread, conn, checkpoints = self._thread, self._sqlite, self._checkpoints
+        self._thread = self._sqlite = self._checkpoints = None
         if thread is not None:
             if conn is not None:
                 thread.submit(_dispose, conn).result()
             thread.shutdown()
+        if checkpoints is not None:
+            checkpoints.close()
 
 
 def _opts_out(item: Incoming) -> bool:

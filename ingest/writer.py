@@ -12,7 +12,7 @@ a 4-byte length, then a pickle of plain tuples (the two ends are the same progra
 child answers the groups in the order they came, and the Committer keeps the next group
 queued behind the one being written, so the child never waits for the server. The child
 polls for SQLite's write lock like the writer thread does, and checkpoints the write-ahead
-log (_Checkpoints). It exits when its stdin closes, which includes the server dying:
+log (database.Checkpoints). It exits when its stdin closes, which includes the server dying:
 nothing is left running. It ignores SIGINT and SIGTERM, which a terminal or a service manager
 sends the whole process group: the server drains its requests first, then closes that stdin.
 Its log lines go to the server's stderr.
@@ -24,7 +24,6 @@ that dies takes its groups with it (503 as well) and is started again for the ne
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import math
@@ -38,8 +37,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, BinaryIO, NamedTuple
-
-from sqlalchemy.engine import Connection
 
 from ingest.group import Outcome, Submitted
 from ingest.incoming import ContactRef, Incoming
@@ -269,55 +266,9 @@ def _write(stream: BinaryIO, message: Any) -> None:
     stream.flush()
 
 
-class _Checkpoints:
-    """The write-ahead log copied back into the database file in two steps.
-
-    The copy of what the log holds runs in a thread of its own, on a connection of its own,
-    while groups go on being written (SQLite's C code does not hold the interpreter lock).
-    That copy never reaches the end of a log that is still being written to, and SQLite
-    starts a log over only once a checkpoint has reached its end; so when it is done, the
-    writer copies the little written meanwhile itself, between two groups, and the next
-    group starts the log over. The groups wait for that short copy only, not the long one."""
-
-    def __init__(self, url: str, every: int) -> None:
-        from engine.db.database import sqlite_writer
-
-        self.every = every
-        self.since = 0  # events written since the last checkpoint began
-        self._engine = sqlite_writer(url)
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journeys-checkpoint")
-        self._copy: concurrent.futures.Future[None] | None = None
-
-    def after_group(self, conn: Connection, events: int) -> None:
-        """Called between groups, after one of *events* events was answered."""
-        from engine.db.database import checkpoint
-
-        self.since += events
-        if self._copy is not None and self._copy.done():
-            copy, self._copy = self._copy, None
-            try:
-                copy.result()
-                checkpoint(conn)  # the rest: what was written while the thread copied
-            except Exception:  # the next one tries again; nothing waits on this
-                log.exception("WAL checkpoint failed")
-        elif self._copy is None and self.since >= self.every:
-            self.since = 0
-            self._copy = self._thread.submit(self._copy_in_thread)
-
-    def _copy_in_thread(self) -> None:
-        from engine.db.database import checkpoint
-
-        with self._engine.connect() as own:
-            checkpoint(own)
-
-    def close(self) -> None:
-        self._thread.shutdown(wait=True)
-        self._engine.dispose()
-
-
 def main() -> int:
     """The child: ``python -m ingest.writer``, started by WriterProcess."""
-    from engine.db.database import sqlite_writer
+    from engine.db.database import Checkpoints, sqlite_writer
     from ingest.group import write_group
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -333,7 +284,7 @@ def main() -> int:
     url, policies, checkpoint_every = init
     engine = sqlite_writer(url)
     conn = engine.connect()  # kept: a connection per group costs a pool round trip and a rollback
-    checkpoints = _Checkpoints(url, checkpoint_every)
+    checkpoints = Checkpoints(url, checkpoint_every)
     try:
         while (message := _read(source)) is not None:
             encoded, now = message
@@ -346,7 +297,7 @@ def main() -> int:
                 _write(sink, ("error", f"{type(exc).__name__}: {exc}"))
                 continue
             _write(sink, ("ok", [(o.stored, o.duplicates) for o in outcomes]))
-            checkpoints.after_group(conn, sum(len(r.items) for r in requests))
+            checkpoints.after_write(conn, sum(len(r.items) for r in requests))
     finally:
         checkpoints.close()
         conn.close()

@@ -9,6 +9,8 @@ tests) goes into the search path.
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import os
 import sqlite3
 import time
@@ -25,6 +27,8 @@ from journeys.errors import ConfigError
 
 DEFAULT_FILE = "journeys.db"
 BUSY_TIMEOUT_MS = 10_000
+log = logging.getLogger("journeys.db")
+
 POLL = 0.0005  # seconds between tries for SQLite's write lock, where a connection polls for it
 
 
@@ -45,8 +49,7 @@ def _sqlite_pragmas(engine: Engine, *, immediate: bool, poll: bool = False) -> N
     than through SQLite's busy handler, which sleeps up to 100 ms at a time once a wait has
     lasted a while: a webhook would wait a whole sleep after the lock came free. Only a
     connection used from a thread of its own may poll (the waits block its thread). Such a
-    connection also leaves the write-ahead log's checkpoints to its owner (ingest.committer
-    runs them between commits, when no request waits)."""
+    connection also leaves the write-ahead log's checkpoints to its owner (Checkpoints)."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -130,6 +133,46 @@ def checkpoint(conn: Connection) -> None:
     beside the writer never catches up, and the log grows without end)."""
     # On the driver's connection: through SQLAlchemy the statement would first begin a write.
     conn.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # type: ignore[union-attr]
+
+
+class Checkpoints:
+    """A polling writer's write-ahead log, copied back into the database file in two steps.
+
+    The copy of what the log holds runs in a thread of its own, on a connection of its own,
+    while the writer goes on (SQLite's C code does not hold the interpreter lock). That copy
+    never reaches the end of a log that is still being written to, and SQLite starts a log
+    over only once a checkpoint has reached its end; so when it is done, the writer copies the
+    little written meanwhile itself (:func:`checkpoint`), between two writes, and its next write
+    starts the log over. Writes wait for that short copy only, not the long one."""
+
+    def __init__(self, url: URL | str, every: int) -> None:
+        self.every = every
+        self.since = 0  # rows written since the last checkpoint began
+        self._engine = sqlite_writer(url)
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journeys-checkpoint")
+        self._copy: concurrent.futures.Future[None] | None = None
+
+    def after_write(self, conn: Connection, rows: int) -> None:
+        """Called by the writer between two writes, after one of *rows* rows."""
+        self.since += rows
+        if self._copy is not None and self._copy.done():
+            copy, self._copy = self._copy, None
+            try:
+                copy.result()
+                checkpoint(conn)  # the rest: what was written while the thread copied
+            except Exception:  # the next one tries again; nothing waits on this
+                log.exception("WAL checkpoint failed")
+        elif self._copy is None and self.since >= self.every:
+            self.since = 0
+            self._copy = self._thread.submit(self._copy_in_thread)
+
+    def _copy_in_thread(self) -> None:
+        with self._engine.connect() as own:
+            checkpoint(own)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self._engine.dispose()
 
 
 def connect(url: str, *, schema: str | None = None, pool_size: int = 10) -> Database:
