@@ -83,7 +83,7 @@ def _insert_returning(conn: Connection, rows: list[dict[str, Any]]) -> list[str]
 
 
 def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> list[str]:
-    """The ids of *rows* that were new, from one multi-row INSERT (engine.db.sqlite_rows).
+    """The ids of *rows* that were new, from one executemany (engine.db.sqlite_rows).
 
     Through SQLAlchemy, INSERT .. RETURNING of a group costs several times what SQLite
     spends on it; the count of rows inserted says the same in the usual case (everything
