@@ -1,12 +1,23 @@
 """The executor: runs the jobs the engine wrote, with send-time policy, retries and dead letters.
 
-A job is claimed with a lease (a crashed executor's jobs come back), checked (instance
-exited, channel suppressed, quiet hours, frequency cap), run with its policy's timeout, and
-its outcome written in one transaction together with everything the action changed: the
-message record, suppressions, contact attributes, emitted events, the attempt on the
-instance's timeline. Out of attempts, or failed for good, it becomes a dead letter and the
-instance receives ``action.failed``. The same code serves the embedded loop of ``serve``
-and the arq workers.
+Jobs are claimed in batches with a lease, which a heartbeat keeps renewing while they run
+(a dead executor's jobs come back within seconds, and a long job is never taken from a
+live one). For a batch, what the checks need (instances, contacts, suppressions, recent
+marketing sends) is read at once (:mod:`actions.scene`), the message rows of its sends are
+written at once, and its jobs run concurrently: one lane per contact (else per instance),
+each lane's jobs one after the other in the order the journey wrote them. Outcomes go to
+a group commit (:mod:`actions.outcomes`). While there are free slots the loop claims the
+next batch: a slow job holds its own slot, not the executor.
+
+Sends and opt-outs on one contact are kept apart (invariant 7): a send holds its contact's
+gate (:mod:`actions.gate`, in this process), lock byte (:mod:`engine.db.sendlocks`,
+other processes on SQLite) or row ``FOR SHARE`` (other processes on PostgreSQL) from the
+suppression check until the provider answered. On SQLite the batch's send contacts are
+locked before their suppressions are read; on PostgreSQL each lane takes its row lock and
+reads them again under it.
+
+The same code serves the embedded loop of ``serve`` (:meth:`Executor.run`) and the arq
+workers (:meth:`Executor.claim` with ids, then :meth:`Executor.execute`).
 """
 
 from __future__ import annotations
@@ -17,34 +28,35 @@ import hashlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
 import httpx
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actions import registry
-from actions.base import ActionContext, ActionError, Outcome
+from actions.base import ActionContext, ActionError
 from actions.gate import GATES
+from actions.outcomes import DEAD, DONE, PENDING, SKIPPED, Finished, OutcomeWriter, Verdict
 from actions.policy import cap_until, quiet_until
 from actions.retry import backoff, is_transient
+from actions.scene import Scene, load_scene, read_suppressions
 from actions.templates import TemplateStore
 from engine.db.database import Database
-from engine.db.schema import contacts, instances, jobs, messages, steps, suppressions
-from engine.events import Event
-from engine.instance import Contact
-from engine.loops import repeat
-from engine.runtime import aware
-from engine.store import store_events
+from engine.db.schema import contacts, jobs, messages
+from engine.db.sendlocks import SendLocks, lock_order
+from engine.loops import Waker, heartbeat
 from journeys.build import policy_from_data
 from journeys.config import Config
 from journeys.model import RetryPolicy
 
 log = logging.getLogger("journeys.actions")
+_Stack = contextlib.AsyncExitStack
 
 
 def message_id_for(job_id: str) -> str:
@@ -58,38 +70,40 @@ def policy_of(raw: Mapping[str, Any]) -> RetryPolicy:
 
 @dataclass(frozen=True)
 class ExecutorSettings:
-    batch_size: int = 50
-    concurrency: int = 20
-    idle_sleep: float = 0.05
-    # how long a claimed job stays ours: beyond any attempt's timeout; a dead executor's jobs
-    # come back after it (and arq re-runs a dead worker's job after its job timeout + 10 s)
-    lease: timedelta = timedelta(seconds=120)
+    batch_size: int = 100
+    concurrency: int = 100  # jobs running at once in this process
+    idle_sleep: float = 0.25  # without a wake-up: how often to look for due jobs anyway (retries, other writers)
+    # How long a claimed job stays ours without a heartbeat: a dead executor's jobs come
+    # back after it. The heartbeat renews it every third of it while the job runs.
+    lease: timedelta = timedelta(seconds=9)
 
 
-@dataclass
-class _Verdict:
-    status: str  # done | pending | dead | skipped
-    detail: str
-    next_attempt_at: datetime | None = None
-    outcome: Outcome | None = None
-    error: str | None = None
-    attempt_counted: bool = True
-
-
-@dataclass
 class Executor:
-    db: Database
-    config: Config
-    templates: TemplateStore
-    worker_id: str
-    settings: ExecutorSettings = field(default_factory=ExecutorSettings)
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    rng: random.Random = field(default_factory=random.Random)
-    http: httpx.AsyncClient | None = None
+    def __init__(self, db: Database, config: Config, templates: TemplateStore, worker_id: str,
+                 settings: ExecutorSettings | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 rng: random.Random | None = None, http: httpx.AsyncClient | None = None,
+                 locks: SendLocks | None = None, written: Callable[[], None] | None = None) -> None:
+        self.db = db
+        self.config = config
+        self.templates = templates
+        self.worker_id = worker_id
+        self.settings = settings or ExecutorSettings()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.http = http
+        self.locks = locks or (SendLocks.for_sqlite_file(db.url.database or "") if db.is_sqlite else SendLocks.none())
+        self.outcomes = OutcomeWriter(db, worker_id, written)
+        self.waker = Waker()
+        self._held: set[str] = set()  # claimed and not yet written: what the heartbeat renews
+
+    def wake(self) -> None:
+        """New jobs may be due (the engine wrote some): look now rather than at the next poll."""
+        self.waker.wake()
 
     # -- claiming ----------------------------------------------------------------
 
-    async def claim(self, now: datetime, ids: Sequence[str] | None = None) -> list[Any]:
+    async def claim(self, now: datetime, ids: Sequence[str] | None = None, limit: int | None = None) -> list[Any]:
         """Jobs due now (or exactly *ids*, for a queue worker): pending ones, and running ones
         whose lease ran out (their executor died). Transactional before marketing."""
         async with self.db.write.begin() as conn:
@@ -99,10 +113,10 @@ class Executor:
             if ids is not None:
                 query = query.where(jobs.c.id.in_(list(ids)))
             query = query.order_by((jobs.c.priority == "marketing"), jobs.c.next_attempt_at).limit(
-                self.settings.batch_size)
+                limit or self.settings.batch_size)
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            chosen = await _in_order([r.id for r in await conn.execute(query)], conn)
+            chosen = await in_order([r.id for r in await conn.execute(query)], conn)
             if not chosen:
                 return []
             result = await conn.execute(
@@ -111,211 +125,227 @@ class Executor:
                         lease_until=now + self.settings.lease)
                 .returning(*jobs.c)
             )
-            return list(result.all())
+            claimed = list(result.all())
+        self._held.update(j.id for j in claimed)
+        return claimed
+
+    async def _renew(self) -> None:
+        """The heartbeat: our claims stay ours while we live."""
+        if not self._held:
+            return
+        now = self.clock()
+        async with self.db.write.begin() as conn:
+            await conn.execute(update(jobs).where(jobs.c.id.in_(sorted(self._held)),
+                                                  jobs.c.claimed_by == self.worker_id, jobs.c.status == "running")
+                               .values(lease_until=now + self.settings.lease))
 
     # -- running -----------------------------------------------------------------
 
     async def run_once(self) -> int:
-        now = self.clock()
-        claimed = await self.claim(now)
+        claimed = await self.claim(self.clock())
         await self.execute(claimed)
         return len(claimed)
 
-    async def execute(self, claimed: Sequence[Any]) -> None:
-        """Run claimed jobs: one instance's jobs in order, different instances at once."""
-        by_instance: dict[str, list[Any]] = {}
-        for job in sorted(claimed, key=lambda j: _order(j.id)):
-            by_instance.setdefault(job.instance_id, []).append(job)
-        gate = asyncio.Semaphore(self.settings.concurrency)
-
-        async def lane(lane_jobs: list[Any]) -> None:
-            async with gate:
-                for job in lane_jobs:
-                    await self.run_job(job)
-
-        await asyncio.gather(*(lane(j) for j in by_instance.values()))
-
     async def run_job(self, job: Any) -> str:
-        now = self.clock()
-        policy = policy_of(job.retry)
-        try:
-            verdict = await self._attempt(job, policy, now)
-        except Exception as exc:  # a bug in an action must not stop the executor
-            log.exception("job %s raised", job.id)
-            verdict = self._failure(job, policy, now, ActionError(f"{type(exc).__name__}: {exc}", transient=False))
-        await self._write(job, verdict, now)
-        return verdict.status
+        """Run one claimed job alone; returns its status."""
+        statuses = await self.execute([job])
+        return statuses.get(job.id, "lost")
 
-    async def _attempt(self, job: Any, policy: RetryPolicy, now: datetime) -> _Verdict:
+    async def execute(self, claimed: Sequence[Any]) -> dict[str, str]:
+        """Run claimed jobs and write their outcomes; returns each job's new status."""
+        if not claimed:
+            return {}
+        statuses: dict[str, str] = {}
+        try:
+            async with heartbeat(self._renew, self.settings.lease.total_seconds() / 3, log):
+                async with self.db.read.connect() as conn:
+                    scene = await conn.run_sync(load_scene, claimed)
+                lanes: dict[str, list[Any]] = {}
+                for job in sorted(claimed, key=lambda j: _order(j.id)):
+                    lanes.setdefault(scene.contact_id_of(job) or job.instance_id, []).append(job)
+                async with self._locked(scene, claimed) as gates:
+                    await self._record_messages(scene, claimed, self.clock())
+                    await asyncio.gather(*(self._lane(lane, scene, gates, statuses) for lane in lanes.values()))
+        finally:
+            self._held.difference_update(j.id for j in claimed)
+        return statuses
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, scene: Scene, claimed: Sequence[Any]) -> AsyncIterator[dict[str, _Stack]]:
+        """The gates (and, on SQLite, lock bytes) of the batch's send contacts, held shared; each
+        lane lets go of its own when it is done. Suppressions read under them are current."""
+        senders = lock_order(c for job in claimed if job.action in registry.SEND_CHANNELS
+                             and (c := scene.contact_id_of(job)))
+        gates: dict[str, _Stack] = {}
+        try:
+            for contact_id in senders:  # one order everywhere: no deadlock with an opt-out
+                stack = contextlib.AsyncExitStack()
+                gates[contact_id] = stack
+                await stack.enter_async_context(GATES.sending(contact_id))
+                await stack.enter_async_context(self.locks.sending(contact_id))
+            if senders and self.db.is_sqlite:
+                async with self.db.read.connect() as conn:
+                    await conn.run_sync(read_suppressions, scene, senders)
+            yield gates
+        finally:
+            for stack in gates.values():
+                await stack.aclose()
+
+    async def _lane(self, lane: list[Any], scene: Scene, gates: dict[str, _Stack],
+                    statuses: dict[str, str]) -> None:
+        contact_id = scene.contact_id_of(lane[0])
+        try:
+            for n, job in enumerate(lane):
+                if n:  # what the lane's earlier jobs changed (attributes, suppressions) counts for this one
+                    async with self.db.read.connect() as conn:
+                        scene = await conn.run_sync(load_scene, [job])
+                now = self.clock()
+                policy = policy_of(job.retry)
+                try:
+                    verdict = await self._attempt(job, policy, scene, now, first=n == 0)
+                except Exception as exc:  # a bug in an action must not stop the executor
+                    log.exception("job %s raised", job.id)
+                    verdict = self._failure(job, policy, now,
+                                            ActionError(f"{type(exc).__name__}: {exc}", transient=False))
+                finished = Finished(job, verdict, scene.contact_id_of(job), now, message_id_for(job.id))
+                try:
+                    written = await self.outcomes.write(finished)
+                except Exception:
+                    log.exception("the outcome of job %s was not written; it runs again when its claim ends", job.id)
+                    return
+                statuses[job.id] = verdict.status if written else "lost"
+        finally:
+            gate = gates.pop(contact_id, None) if contact_id else None
+            if gate is not None:
+                await gate.aclose()
+
+    def _check(self, job: Any, scene: Scene, now: datetime) -> Verdict | None:
+        """The send-time checks that need no call: a verdict when the job must not run now."""
+        owner = scene.owners.get(job.instance_id)
+        if owner is not None and owner.status == "exited":
+            return Verdict(SKIPPED, "skipped: the instance exited before the action ran", attempt_counted=False)
         channel = registry.SEND_CHANNELS.get(job.action)
-        async with self.db.read.connect() as conn:
-            inst = (await conn.execute(select(instances).where(instances.c.id == job.instance_id))).first()
-            contact = await _contact(conn, inst.contact_id if inst else None)
-            # Only sends need the suppression list, only marketing sends the recent messages.
-            suppressed = set() if contact is None or channel is None else {r.channel for r in await conn.execute(
-                select(suppressions.c.channel).where(suppressions.c.contact_id == contact.id))}
-            sent_at = [] if contact is None or channel is None or job.priority != "marketing" else [
-                aware(r.created_at) for r in await conn.execute(
-                    select(messages.c.created_at).join(jobs, jobs.c.id == messages.c.job_id)
-                    .where(messages.c.contact_id == contact.id, jobs.c.priority == "marketing"))]
-        if inst is not None and inst.status == "exited":
-            return _Verdict("skipped", "skipped: the instance exited before the action ran", attempt_counted=False)
-        if channel is not None:
-            if channel in suppressed:
-                return _Verdict("skipped", f"blocked: {channel} is suppressed for this contact",
-                                attempt_counted=False)
-            if job.priority == "marketing":
-                pol = self.config.policies
-                later = quiet_until(now, pol.quiet_hours, contact.timezone if contact else None,
-                                    pol.quiet_hours_timezone) or cap_until(now, sent_at, pol.frequency_cap)
-                if later is not None:
-                    return _Verdict("pending", f"deferred to {later.isoformat()} (quiet hours or frequency cap)",
-                                    next_attempt_at=later, attempt_counted=False)
+        if channel is None:
+            return None
+        contact_id = scene.contact_id_of(job)
+        if contact_id is not None and channel in scene.suppressed.get(contact_id, ()):
+            return Verdict(SKIPPED, f"blocked: {channel} is suppressed for this contact", attempt_counted=False)
+        if job.priority == "marketing":
+            contact = scene.contact_of(job)
+            pol = self.config.policies
+            later = quiet_until(now, pol.quiet_hours, contact.timezone if contact else None,
+                                pol.quiet_hours_timezone) or cap_until(
+                now, scene.marketing_sent.get(contact_id or "", []), pol.frequency_cap)
+            if later is not None:
+                return Verdict(PENDING, f"deferred to {later.isoformat()} (quiet hours or frequency cap)",
+                               next_attempt_at=later, attempt_counted=False)
+        return None
+
+    async def _attempt(self, job: Any, policy: RetryPolicy, scene: Scene, now: datetime, *, first: bool) -> Verdict:
+        checked = self._check(job, scene, now)
+        if checked is not None:
+            return checked
+        contact = scene.contact_of(job)
+        owner = scene.owners.get(job.instance_id)
         action = registry.implementation(job.action)
         ctx = ActionContext(
             job_id=job.id, action=job.action, instance_id=job.instance_id, journey=job.journey,
             attempt=job.attempts + 1, inputs=MappingProxyType(dict(job.inputs)), contact=contact,
-            vars=MappingProxyType(dict(inst.vars)) if inst else MappingProxyType({}), config=self.config,
+            vars=owner.vars if owner else MappingProxyType({}), config=self.config,
             templates=self.templates, http=self._client(), now=now, timeout=policy.timeout_ms / 1000,
             message_id=message_id_for(job.id),
         )
+        channel = registry.SEND_CHANNELS.get(job.action)
         if channel is None:
             return await self._run(job, policy, now, action, ctx)
-        contact_id = contact.id if contact else None
-        async with GATES.sending(contact_id), self._share_lock(contact_id) as conn:
-            # Checked again under the gate: an opt-out that committed meanwhile wins.
-            if contact_id is not None and await _suppressed(conn, contact_id, channel):
-                return _Verdict("skipped", f"blocked: {channel} is suppressed for this contact",
-                                attempt_counted=False)
-            await self._record_message(job, ctx, channel, contact, now,
-                                       conn if self.db.dialect == "postgresql" else None)
+        if not first:  # a later job of its lane: its message row was not written with the batch's
+            await self._record_messages(scene, [job], now)
+        if self.db.dialect != "postgresql" or contact is None:
+            return await self._run(job, policy, now, action, ctx)
+        # Another process's opt-out takes the row FOR UPDATE: hold it FOR SHARE until the
+        # provider answered, and read the suppressions again under it.
+        async with self.db.write.connect() as conn, conn.begin():
+            await conn.execute(select(contacts.c.id).where(contacts.c.id == contact.id).with_for_update(read=True))
+            await conn.run_sync(read_suppressions, scene, [contact.id])
+            if channel in scene.suppressed.get(contact.id, ()):
+                return Verdict(SKIPPED, f"blocked: {channel} is suppressed for this contact", attempt_counted=False,
+                               unsent_message=ctx.message_id)
             return await self._run(job, policy, now, action, ctx)
 
-    async def _run(self, job: Any, policy: RetryPolicy, now: datetime, action: Any, ctx: ActionContext) -> _Verdict:
+    async def _run(self, job: Any, policy: RetryPolicy, now: datetime, action: Any, ctx: ActionContext) -> Verdict:
         try:
             outcome = await asyncio.wait_for(action.run(ctx), timeout=ctx.timeout)
         except TimeoutError:
             return self._failure(job, policy, now, ActionError(f"timeout after {ctx.timeout:g} s", transient=True))
         except ActionError as exc:
             return self._failure(job, policy, now, exc)
-        return _Verdict("done", outcome.detail, outcome=outcome)
+        return Verdict(DONE, outcome.detail, outcome=outcome)
 
-    @contextlib.asynccontextmanager
-    async def _share_lock(self, contact_id: str | None) -> AsyncIterator[AsyncConnection]:
-        """A connection for the check; on PostgreSQL it also holds the contact row FOR SHARE until
-        the send is over, so an opt-out in another process waits for it (and the next send for that)."""
-        engine = self.db.write if self.db.dialect == "postgresql" else self.db.read
-        async with engine.connect() as conn:
-            if self.db.dialect == "postgresql" and contact_id is not None:
-                async with conn.begin():
-                    await conn.execute(select(contacts.c.id).where(contacts.c.id == contact_id)
-                                       .with_for_update(read=True))
-                    yield conn
-            else:
-                yield conn
-
-    def _failure(self, job: Any, policy: RetryPolicy, now: datetime, error: ActionError) -> _Verdict:
+    def _failure(self, job: Any, policy: RetryPolicy, now: datetime, error: ActionError) -> Verdict:
         attempt = job.attempts + 1
         if is_transient(error, policy) and attempt < policy.max_attempts:
             wait = backoff(policy, attempt, self.rng, error.retry_after)
-            return _Verdict("pending", f"attempt {attempt} failed, retry in {wait.total_seconds():.1f} s",
-                            next_attempt_at=now + wait, error=error.reason)
+            return Verdict(PENDING, f"attempt {attempt} failed, retry in {wait.total_seconds():.1f} s",
+                           next_attempt_at=now + wait, error=error.reason)
         why = "out of attempts" if is_transient(error, policy) else "permanent failure"
-        return _Verdict("dead", f"attempt {attempt} failed ({why})", error=error.reason)
+        return Verdict(DEAD, f"attempt {attempt} failed ({why})", error=error.reason)
 
     def _client(self) -> httpx.AsyncClient:
         if self.http is None:
             self.http = httpx.AsyncClient(follow_redirects=False)
         return self.http
 
-    async def _record_message(self, job: Any, ctx: ActionContext, channel: str, contact: Contact | None,
-                              now: datetime, held: AsyncConnection | None = None) -> None:
-        """The message row, written before the provider is called, so its callbacks find it.
+    async def _record_messages(self, scene: Scene, claimed: Sequence[Any], now: datetime) -> None:
+        """The message rows of the sends that will go, written before any provider is called, so
+        their callbacks find them (a delivery receipt can beat the provider's answer)."""
+        rows = []
+        for job in claimed:
+            channel = registry.SEND_CHANNELS.get(job.action)
+            if channel is None or self._check(job, scene, now) is not None:
+                continue
+            settings = self.config.channels.get(channel)
+            rows.append({"id": message_id_for(job.id), "channel": channel,
+                         "provider": settings.provider if settings else "console", "status": "queued",
+                         "instance_id": job.instance_id, "contact_id": scene.contact_id_of(job), "job_id": job.id,
+                         "created_at": now, "updated_at": now})
+        if rows:
+            async with self.db.write.begin() as conn:
+                await conn.run_sync(_insert_messages, rows)
 
-        On PostgreSQL it goes through the connection that holds the contact's row lock (one
-        connection per send, however many run); it is visible when the send is over, and a
-        delivery receipt faster than that waits for it (the engine's bounded message wait).
-        """
-        settings = self.config.channels.get(channel)
-        row = {"id": ctx.message_id, "channel": channel, "provider": settings.provider if settings else "console",
-               "status": "queued", "instance_id": job.instance_id, "contact_id": contact.id if contact else None,
-               "job_id": job.id, "created_at": now, "updated_at": now}
-        if held is not None:
-            await held.execute(postgresql.insert(messages).on_conflict_do_nothing(), [row])
-            return
-        async with self.db.write.begin() as conn:
-            insert = postgresql.insert(messages) if conn.dialect.name == "postgresql" else sqlite.insert(messages)
-            await conn.execute(insert.on_conflict_do_nothing(), [row])
-
-    # -- writing -----------------------------------------------------------------
-
-    async def _write(self, job: Any, verdict: _Verdict, now: datetime) -> None:
-        async with self.db.write.begin() as conn:
-            held = await conn.execute(
-                update(jobs).where(jobs.c.id == job.id, jobs.c.claimed_by == self.worker_id,
-                                   jobs.c.status == "running")
-                .values(status=verdict.status, updated_at=now, claimed_by=None, lease_until=None,
-                        attempts=jobs.c.attempts + (1 if verdict.attempt_counted else 0),
-                        next_attempt_at=verdict.next_attempt_at or job.next_attempt_at,
-                        last_error=verdict.error,
-                        result=dict(verdict.outcome.result) if verdict.outcome else None)
-                .returning(jobs.c.id)
-            )
-            if held.first() is None:
-                return  # our lease ran out and another executor has this job now
-            attempt = job.attempts + (1 if verdict.attempt_counted else 0)
-            await conn.execute(steps.insert().values(
-                instance_id=job.instance_id, at=now, kind="attempt", event_id=None, event_type=None,
-                from_state=None, to_state=None,
-                detail=f"{job.action} {job.id} attempt {attempt}: {verdict.status}: {verdict.detail}"
-                + (f" ({verdict.error})" if verdict.error else "")))
-            inst = (await conn.execute(select(instances.c.contact_id).where(instances.c.id == job.instance_id))
-                    ).first()
-            contact_id = inst.contact_id if inst else None
-            if verdict.outcome is not None:
-                await self._apply(conn, job, verdict.outcome, contact_id, now)
-            if verdict.status == "dead":
-                await store_events(conn, [Event(
-                    id=f"action-failed:{job.id}", type="action.failed", occurred_at=now, source="engine",
-                    provider_event_id=f"action-failed:{job.id}", contact_id=contact_id, received_at=now,
-                    data=MappingProxyType({"instance_id": job.instance_id, "action": job.action, "key": job.id,
-                                           "error": verdict.error, "attempts": attempt}),
-                )], now)
-
-    async def _apply(self, conn: AsyncConnection, job: Any, outcome: Outcome, contact_id: str | None,
-                     now: datetime) -> None:
-        sent = outcome.sent
-        if sent is not None:
-            await conn.execute(update(messages).where(messages.c.id == message_id_for(job.id)).values(
-                provider=sent.provider, provider_message_id=sent.provider_message_id, to=sent.to, body=sent.body,
-                updated_at=now))
-        if contact_id is None:
-            return
-        if outcome.suppress:
-            insert = postgresql.insert(suppressions) if conn.dialect.name == "postgresql" else sqlite.insert(
-                suppressions)
-            await conn.execute(insert.on_conflict_do_nothing(), [
-                {"contact_id": contact_id, "channel": c, "reason": f"suppress by {job.journey}", "event_id": None,
-                 "created_at": now} for c in outcome.suppress])
-        if outcome.unsuppress:
-            await conn.execute(delete(suppressions).where(suppressions.c.contact_id == contact_id,
-                                                          suppressions.c.channel.in_(list(outcome.unsuppress))))
-        if outcome.attributes:
-            row = (await conn.execute(select(contacts.c.attributes).where(contacts.c.id == contact_id))).first()
-            if row is not None:
-                merged = {**(row.attributes or {}), **outcome.attributes}
-                await conn.execute(update(contacts).where(contacts.c.id == contact_id).values(
-                    attributes=merged, updated_at=now))
-        if outcome.emit:
-            await store_events(conn, [
-                Event(id=f"emit:{job.id}:{n}", type=kind, occurred_at=now, source="emit",
-                      provider_event_id=f"emit:{job.id}:{n}", contact_id=contact_id, received_at=now,
-                      data=MappingProxyType(dict(data)))
-                for n, (kind, data) in enumerate(outcome.emit)], now)
+    # -- the loop ----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await repeat(self.run_once, stop, idle=self.settings.idle_sleep, log=log, what="executor loop")
-        await self.close()
+        """Claim and run jobs until *stop* is set, a new batch whenever slots are free; the jobs
+        in flight then finish and are written."""
+        running: set[asyncio.Task[dict[str, str]]] = set()
+
+        def finished(task: asyncio.Task[dict[str, str]]) -> None:
+            running.discard(task)
+            self.waker.wake()  # slots are free again
+            if not task.cancelled() and task.exception() is not None:
+                log.error("a batch of jobs failed", exc_info=task.exception())
+
+        try:
+            while not stop.is_set():
+                claimed: list[Any] = []
+                free = self.settings.concurrency - len(self._held)
+                if free > 0:
+                    try:
+                        claimed = await self.claim(self.clock(), limit=min(free, self.settings.batch_size))
+                    except Exception:
+                        log.exception("claiming jobs failed; retrying")
+                        await self.waker.wait(stop, 1.0)
+                        continue
+                if claimed:
+                    task = asyncio.create_task(self.execute(claimed))
+                    running.add(task)
+                    task.add_done_callback(finished)
+                    continue
+                await self.waker.wait(stop, self.settings.idle_sleep)
+            if running:
+                await asyncio.wait(running)
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         """Close the HTTP client, if a job opened one."""
@@ -324,7 +354,12 @@ class Executor:
             self.http = None
 
 
-async def _in_order(candidates: list[str], conn: AsyncConnection) -> list[str]:
+def _insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    insert = postgresql.insert(messages) if conn.dialect.name == "postgresql" else sqlite.insert(messages)
+    conn.execute(insert.on_conflict_do_nothing(), rows)
+
+
+async def in_order(candidates: list[str], conn: AsyncConnection) -> list[str]:
     """The candidates whose earlier siblings (jobs one instance wrote before them) are finished
     or claimed with them: an instance's jobs run in the order the journey wrote them, through
     any executor, even while an earlier one waits for a retry."""
@@ -347,21 +382,6 @@ async def _in_order(candidates: list[str], conn: AsyncConnection) -> list[str]:
 def _order(job_id: str) -> tuple[str, int, int]:
     instance, entry, index = job_id.rsplit(":", 2)
     return instance, int(entry), int(index)
-
-
-async def _suppressed(conn: AsyncConnection, contact_id: str, channel: str) -> bool:
-    row = (await conn.execute(select(suppressions.c.channel).where(
-        suppressions.c.contact_id == contact_id, suppressions.c.channel == channel))).first()
-    return row is not None
-
-
-async def _contact(conn: AsyncConnection, contact_id: str | None) -> Contact | None:
-    if contact_id is None:
-        return None
-    row = (await conn.execute(select(contacts).where(contacts.c.id == contact_id))).first()
-    if row is None:
-        return None
-    return Contact(row.id, row.phone, row.email, row.timezone, row.locale, MappingProxyType(dict(row.attributes or {})))
 
 
 async def dead_letters(db: Database, limit: int = 100) -> list[Any]:
@@ -387,4 +407,4 @@ async def discard_dead(db: Database, job_id: str, now: datetime | None = None) -
         return result.first() is not None
 
 
-__all__ = ["Executor", "ExecutorSettings", "dead_letters", "discard_dead", "message_id_for", "retry_dead"]
+__all__ = ["Executor", "ExecutorSettings", "dead_letters", "discard_dead", "in_order", "message_id_for", "retry_dead"]

@@ -5,9 +5,10 @@ answered; an opt-out takes the gates of its contacts exclusively until its suppr
 are committed. So a send either finished before the opt-out committed, or it starts
 after and sees the suppression: no message leaves after an opt-out commits.
 
-In one process (``journeys serve`` with the embedded executor, any database) this gate is
-the guarantee. Across processes on PostgreSQL (arq workers) the same rule is kept with
-row locks on the contact: ``FOR SHARE`` by the send, ``FOR UPDATE`` by the opt-out.
+In one process this gate is the guarantee. Across processes the same rule is kept by
+:mod:`engine.db.sendlocks` on SQLite (``journeys serve`` runs ingest and the executor in
+processes of their own) and by row locks on the contact on PostgreSQL: ``FOR SHARE`` by the
+send, ``FOR UPDATE`` by the opt-out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import weakref
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+
+from engine.db.sendlocks import lock_order
 
 
 @dataclass
@@ -58,7 +61,7 @@ class ContactGates:
     async def opting_out(self, contact_ids: Iterable[str]) -> AsyncIterator[None]:
         held: list[tuple[str, _State]] = []
         try:
-            for contact_id in sorted(set(contact_ids)):  # one order everywhere: no deadlock
+            for contact_id in lock_order(contact_ids):  # one order everywhere: no deadlock
                 state = self._state(contact_id)
                 async with state.changed:
                     await state.changed.wait_for(lambda s=state: not s.writer)  # type: ignore[misc]

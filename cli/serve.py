@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from engine import timers
 from engine.db import migrate
 from engine.db.database import Database, connect, database_url
+from engine.loops import Waker
 from engine.runtime import Engine, EngineSettings
 from engine.versions import load_registry, register
 from journeys.deployment import Deployment, DevEnvironment, load_deployment
@@ -61,19 +62,23 @@ async def prepare(folder: Path, deployment: Deployment) -> tuple[Database, Engin
     return db, Engine(db, registry, worker, settings)
 
 
-def _load(path: str, dev: bool) -> tuple[Path, Deployment]:
+def _load(path: str, dev: bool) -> tuple[Path, Deployment, dict[str, str]]:
+    """The deployment, and the secrets --dev made up for this run (a child process gets them too)."""
     folder = _folder(path)
     environ = DevEnvironment(os.environ) if dev else None
     deployment = load_deployment(str(folder), environ)
+    generated: dict[str, str] = {}
     if environ is not None:
-        for name, value in sorted(environ.generated.items()):
+        generated = dict(environ.generated)
+        for name, value in sorted(generated.items()):
             print(f"journeys: --dev: {name} is not set; using {value} for this run", flush=True)
-    return folder, deployment
+    return folder, deployment, generated
 
 
 def processing(folder: Path, deployment: Deployment, db: Database, engine: Engine) -> list[Loop]:
     """The loops that move journeys along: the engine, the timers, and the actions (run here by
-    the embedded executor, or relayed to `journeys worker` when JOURNEYS_REDIS_URL is set)."""
+    the embedded executor, or relayed to `journeys worker` when JOURNEYS_REDIS_URL is set).
+    Each wakes the next when it wrote work for it, so nothing waits for a poll."""
     from actions.executor import Executor
     from actions.templates import TemplateStore
 
@@ -82,15 +87,20 @@ def processing(folder: Path, deployment: Deployment, db: Database, engine: Engin
         # arq workers (`journeys worker`) run the jobs; this process only relays the due ones
         from actions.queue import relay
 
+        waker = Waker()
+        engine.on_jobs = waker.wake
+
         def run_jobs(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
-            return relay(db, redis_url, stop)
+            return relay(db, redis_url, stop, waker=waker)
     else:
-        executor = Executor(db, deployment.config, TemplateStore(folder / "templates"), engine.worker_id)
+        executor = Executor(db, deployment.config, TemplateStore(folder / "templates"), engine.worker_id,
+                            written=engine.wake)
+        engine.on_jobs = executor.wake
         run_jobs = executor.run
-    return [engine.run, lambda stop: timers.run(db, stop), run_jobs]
+    return [engine.run, lambda stop: timers.run(db, stop, fired=engine.wake), run_jobs]
 
 
-def _logging() -> None:
+def logs() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # one line per outbound call (with its full URL, which may carry a secret) is too much
     for noisy in ("httpx", "httpcore", "arq.worker", "arq.jobs"):
@@ -98,7 +108,7 @@ def _logging() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # readiness checks ask it every few seconds
 
 
-def _settle() -> None:
+def settle() -> None:
     """For a long-running process, once start-up is done.
 
     What start-up built (journeys, the app, SQLAlchemy's tables) lives as long as the process:
@@ -116,28 +126,39 @@ def _settle() -> None:
 def serve(path: str, host: str, port: int, dev: bool = False, engine_here: bool = True) -> int:
     import uvicorn
 
+    from cli.engine_process import EngineProcess
     from ingest.app import build_app
     from ingest.committer import Committer
     from ingest.routes import ROUTES, Ingest
 
-    folder, deployment = _load(path, dev)
-    db, engine = asyncio.run(prepare(folder, deployment))
-    # The pool was made on the set-up loop; uvicorn runs its own.
-    asyncio.run(db.dispose())
-    committer = Committer(db, deployment.config.policies, writer="process")
+    folder, deployment, generated = _load(path, dev)
+
+    async def set_up() -> tuple[Database, Engine]:
+        db, engine = await prepare(folder, deployment)
+        # The pool was made on this loop; uvicorn runs its own (asyncpg connections cannot move).
+        await db.dispose()
+        return db, engine
+
+    db, engine = asyncio.run(set_up())
+    # Journey work runs in a child process at a lower priority, woken after each commit that
+    # stored events (cli/engine_process.py): webhooks never wait behind it.
+    child = EngineProcess(folder, {**os.environ, **generated}) if engine_here else None
+    committer = Committer(db, deployment.config.policies, writer="process",
+                          stored=child.wake if child is not None else None)
     loops: list[Loop] = [committer.run]
-    if engine_here:
-        loops += processing(folder, deployment, db, engine)
+    if child is not None:
+        # not a readiness check: webhooks are taken while the engine process restarts
+        loops.append(child.run)
     app = build_app(db, loops=loops, admin_token=os.environ.get("JOURNEYS_ADMIN_TOKEN") or None,
                     state={"deployment": deployment, "registry": engine.registry,
                            "ingest": Ingest(deployment.config, committer),
                            "readiness": {"ingest_writer": committer.problem}},
                     route_handlers=ROUTES)
-    _logging()
+    logs()
     print(f"journeys: serving {folder} on http://{host}:{port} with {len(deployment.journeys)} journeys, "
           f"database {db.url.render_as_string(hide_password=True)}"
           + ("" if engine_here else "; no engine here (run `journeys engine`)"), flush=True)
-    _settle()
+    settle()
     # no access log: a line per webhook costs more than storing it; errors are still logged
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=20)
     return 0
@@ -145,7 +166,7 @@ def serve(path: str, host: str, port: int, dev: bool = False, engine_here: bool 
 
 def run_engine(path: str, dev: bool = False) -> int:
     """``journeys engine``: the processing loops of serve, without HTTP, until SIGTERM or SIGINT."""
-    folder, deployment = _load(path, dev)
+    folder, deployment, _ = _load(path, dev)
 
     async def main() -> None:
         db, engine = await prepare(folder, deployment)
@@ -153,6 +174,7 @@ def run_engine(path: str, dev: bool = False) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, engine.wake)  # `kill -USR1`: look for new events now
         tasks = [asyncio.create_task(run(stop)) for run in processing(folder, deployment, db, engine)]
         print(f"journeys: engine for {folder} with {len(deployment.journeys)} journeys, database "
               f"{db.url.render_as_string(hide_password=True)}", flush=True)
@@ -163,8 +185,8 @@ def run_engine(path: str, dev: bool = False) -> int:
                 logging.getLogger("journeys.engine").error("loop ended with %r", result)
         await db.dispose()
 
-    _logging()
-    _settle()
+    logs()
+    settle()
     asyncio.run(main())
     return 0
 

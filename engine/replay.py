@@ -21,8 +21,9 @@ from engine import timers as timer_loop
 from engine.db import migrate
 from engine.db.database import Database, connect
 from engine.db.schema import contacts, events, instances, jobs, messages, steps, timers
-from engine.runtime import Engine, EngineSettings, aware, event_from_row
+from engine.runtime import Engine, EngineSettings, event_from_row
 from engine.store import contact_partition, store_events
+from engine.timeutil import aware
 from engine.versions import Registry
 from journeys.model import Journey
 

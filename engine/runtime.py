@@ -35,8 +35,9 @@ from engine.decision import Decision
 from engine.events import ABOUT_A_MESSAGE, STATUS_OF_TYPE, Event
 from engine.instance import NO_HISTORY, Contact, History, Instance
 from engine.interpreter import decide, subject_of
-from engine.loops import repeat
+from engine.loops import Waker, heartbeat, repeat
 from engine.messages import advance
+from engine.timeutil import aware
 from engine.versions import Registry
 from journeys.errors import ExpressionError
 from journeys.events import TIMER_FIRED
@@ -53,16 +54,12 @@ def _aware(value: datetime | None) -> datetime | None:
     return None if value is None else aware(value)
 
 
-def aware(value: datetime) -> datetime:
-    """A database time as an aware UTC datetime, whichever database gave it (SQLite hands back
-    naive datetimes; everything stored is UTC)."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 @dataclass(frozen=True)
 class EngineSettings:
     batch_size: int = 500
-    lease: timedelta = timedelta(seconds=30)
+    # A claim's lease, renewed by a heartbeat while its batch is processed: a dead engine's
+    # events come back after it, a live one never loses them to a slow batch.
+    lease: timedelta = timedelta(seconds=9)
     # how long a status event waits for the message it is about to be recorded
     message_wait: timedelta = timedelta(seconds=30)
     idle_sleep: float = 0.05
@@ -165,6 +162,14 @@ class Engine:
         self.clock = clock
         # test hook: called with the claimed rows before they are processed
         self.on_claim: Callable[[Sequence[Any]], Any] | None = None
+        # told when a batch wrote jobs: the executor (or the relay) looks at once
+        self.on_jobs: Callable[[], None] | None = None
+        self.waker = Waker()
+        self._wrote_jobs = False
+
+    def wake(self) -> None:
+        """New events may be pending (ingest stored some, a timer fired): look now."""
+        self.waker.wake()
 
     # -- claiming ----------------------------------------------------------------
 
@@ -442,6 +447,7 @@ class Engine:
                                .values(status="cancelled"))
         if batch.jobs:
             await conn.execute(self._insert(conn, jobs).on_conflict_do_nothing(index_elements=["id"]), batch.jobs)
+            self._wrote_jobs = True
         for message_id, status in batch.message_status.items():
             await conn.execute(update(messages).where(messages.c.id == message_id)
                                .values(status=status, updated_at=now))
@@ -515,6 +521,22 @@ class Engine:
             return 0
         if self.on_claim is not None:
             await self.on_claim(rows)
+        self._wrote_jobs = False
+        async with heartbeat(functools.partial(self._renew, rows), self.settings.lease.total_seconds() / 3, log):
+            processed = await self._process_all(rows, now)
+        if self._wrote_jobs and self.on_jobs is not None:
+            self.on_jobs()
+        return processed
+
+    async def _renew(self, rows: Sequence[Any]) -> None:
+        """The heartbeat of a batch in progress: its claims stay ours while we work on it."""
+        async with self.db.write.begin() as conn:
+            await conn.execute(update(events).where(events.c.seq.in_([r.seq for r in rows]),
+                                                    events.c.claimed_by == self.worker_id,
+                                                    events.c.status == "pending")
+                               .values(lease_until=self.clock() + self.settings.lease))
+
+    async def _process_all(self, rows: Sequence[Any], now: datetime) -> int:
         try:
             processed, _ = await self._process(rows, now)
         except Exception:
@@ -548,8 +570,10 @@ class Engine:
                 status="quarantined", error=_describe(exc), processed_at=now, claimed_by=None, lease_until=None))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process until *stop* is set; a batch in progress always finishes first."""
-        await repeat(self.run_once, stop, idle=self.settings.idle_sleep, log=log, what="engine loop")
+        """Process until *stop* is set; a batch in progress always finishes first. Between
+        batches it waits for a wake-up (:meth:`wake`) or, at the longest, the idle delay."""
+        await repeat(self.run_once, stop, idle=self.settings.idle_sleep, log=log, what="engine loop",
+                     waker=self.waker)
         await self.release()
 
 

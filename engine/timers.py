@@ -56,5 +56,13 @@ async def fire_due(db: Database, now: datetime, limit: int = 1000) -> int:
 
 
 async def run(db: Database, stop: asyncio.Event, clock: Callable[[], datetime] = utcnow,
-              interval: float = 0.2) -> None:
-    await repeat(lambda: fire_due(db, clock()), stop, idle=interval, log=log, what="timer loop", pause_on_error=0)
+              interval: float = 0.2, fired: Callable[[], None] | None = None) -> None:
+    """Fire due timers until *stop*; *fired* is told when some fired (the engine looks at once)."""
+
+    async def step() -> int:
+        count = await fire_due(db, clock())
+        if count and fired is not None:
+            fired()
+        return count
+
+    await repeat(step, stop, idle=interval, log=log, what="timer loop", pause_on_error=0)

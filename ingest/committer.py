@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Connection
 
 from actions.gate import GATES
 from engine.db.database import Checkpoints, Database
+from engine.db.sendlocks import SendLocks
 from ingest import contacts, optout
 from ingest.errors import StorageUnavailableError
 from ingest.group import Outcome, write_group
@@ -75,8 +77,12 @@ class Committer:
     """
 
     def __init__(self, db: Database, policies: Policies, *, max_batch: int = 512,
-                 writer: Literal["thread", "process"] = "thread", checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+                 writer: Literal["thread", "process"] = "thread", checkpoint_every: int = CHECKPOINT_EVERY,
+                 stored: Callable[[], None] | None = None) -> None:
         self.db = db
+        # told after a commit that stored new events: `serve` wakes its engine process with it
+        self.stored = stored
+        self.locks = SendLocks.for_sqlite_file(db.url.database or "") if db.is_sqlite else SendLocks.none()
         self.policies = policies
         self.max_batch = max_batch
         self.checkpoint_every = checkpoint_every
@@ -176,6 +182,11 @@ class Committer:
             for job, outcome in zip(jobs, result, strict=True):
                 if not job.future.done():
                     job.future.set_result(outcome)
+            if self.stored is not None and any(outcome.stored for outcome in result):
+                try:
+                    self.stored()
+                except Exception:  # a wake-up is a hint; the engine polls anyway
+                    log.exception("waking the engine failed")
         self._running -= 1
         self._kick(loop)
         if not (self._running or self._scheduled or self._pending):
@@ -186,7 +197,7 @@ class Committer:
         # this commit and then see the suppression (actions/gate.py).
         opting_out = await self._opting_out(jobs)
         now = datetime.now(UTC)
-        async with GATES.opting_out(opting_out):
+        async with GATES.opting_out(opting_out), self.locks.opting_out(opting_out):
             if not self.db.is_sqlite:
                 async with self.db.write.begin() as conn:
                     return await conn.run_sync(write_group, jobs, now, self.policies)
@@ -244,6 +255,7 @@ class Committer:
             thread.shutdown()
         if checkpoints is not None:
             checkpoints.close()
+        self.locks.close()
 
 
 def _opts_out(item: Incoming) -> bool:

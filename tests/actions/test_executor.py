@@ -141,8 +141,9 @@ async def test_a_crashed_executors_job_comes_back_after_its_lease(db: Database, 
     crashed = executor(db, tmp_path)
     claimed = await crashed.claim(T0)
     assert len(claimed) == 4  # ... and the process dies before running them
-    assert await executor(db, tmp_path, now=T0 + timedelta(seconds=60)).run_once() == 0
-    later = executor(db, tmp_path, now=T0 + timedelta(minutes=3))
+    assert await executor(db, tmp_path, now=T0 + timedelta(seconds=5)).run_once() == 0
+    # no heartbeat renews the claim: it is free again well within 15 s
+    later = executor(db, tmp_path, now=T0 + timedelta(seconds=10))
     assert await later.run_once() == 4
     assert {r.status for r in await rows(db, select(jobs.c.status))} == {"done"}
     # the crashed one cannot write over the successor's outcome

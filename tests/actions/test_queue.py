@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from arq.connections import ArqRedis
 from sqlalchemy import func, select
 
 from actions.executor import Executor, ExecutorSettings
-from actions.queue import FUNCTION, HOLD, QUEUES, pool, relay, relay_once, workers
+from actions.queue import BATCH, FUNCTION, HOLD, QUEUES, pool, relay, relay_once, workers
 from actions.templates import TemplateStore
 from engine.db import migrate
 from engine.db.database import Database, connect
@@ -141,8 +142,14 @@ async def attempts_of(db: Database) -> dict[str, int]:
     return out
 
 
-async def queued(redis: ArqRedis, kind: str) -> set[str]:
-    return {m.decode() for m in await redis.zrange(QUEUES[kind], 0, -1)}
+async def queued(redis: ArqRedis, kind: str) -> list[str]:
+    """The job ids the arq jobs waiting in a queue carry (a batch each), sorted; repeats stay."""
+    out: list[str] = []
+    for arq_id in await redis.zrange(QUEUES[kind], 0, -1):
+        raw = await redis.get(f"arq:job:{arq_id.decode()}")
+        if raw is not None:
+            out += json.loads(raw)["a"][0]
+    return sorted(out)
 
 
 async def run_burst(executors: Sequence[Executor], url: str, only: str | None = None, timeout: float = 30,
@@ -186,13 +193,16 @@ async def test_relayed_jobs_run_exactly_once(db: Database, tmp_path: Path, redis
     redis = await pool(redis_url)
     try:
         assert await relay_once(db, redis, T0) == 6
-        # the relay passes again and again: nothing is queued twice, neither while the jobs are marked
-        # as handed over nor once that mark ran out with the jobs still waiting in Redis (arq's _job_id,
-        # job id + attempt, refuses them)
+        # one arq job carries the batch; the relay passes again and again: nothing is queued twice
+        # while the jobs are marked as handed over
+        assert await redis.zcard(QUEUES["transactional"]) == 1
         assert await relay_once(db, redis, T0) == 0
-        assert await relay_once(db, redis, T0 + HOLD + timedelta(seconds=1)) == 0
-        assert await queued(redis, "transactional") == {f"{i}:0" for i in ids}
-        assert await queued(redis, "marketing") == set()
+        assert await queued(redis, "transactional") == ids
+        assert await queued(redis, "marketing") == []
+        # no worker took them within HOLD (as if Redis had lost them): handed over again; the
+        # workers then find each job twice in Redis and claim it once in the database
+        assert await relay_once(db, redis, T0 + HOLD + timedelta(seconds=1)) == 6
+        assert await queued(redis, "transactional") == sorted(ids + ids)
 
         # two worker processes' worth of executors and arq workers on the same queues
         await work_off(db, redis, redis_url, [executor(db, tmp_path, "w1"), executor(db, tmp_path, "w2")], T0)
@@ -201,12 +211,12 @@ async def test_relayed_jobs_run_exactly_once(db: Database, tmp_path: Path, redis
         async with db.read.connect() as conn:
             assert (await conn.execute(select(func.count()).select_from(messages))).scalar_one() == 3
         # nothing is left in Redis: no queued job, no job or result key (keep_result=0)
-        assert await queued(redis, "transactional") == set()
+        assert await queued(redis, "transactional") == []
         assert await redis.keys("arq:job:*") == [] and await redis.keys("arq:result:*") == []
         assert await relay_once(db, redis, T0 + timedelta(hours=1)) == 0  # done jobs are never due again
 
         # arq delivers a job a second time (a re-run after a timeout): claimed in the database once
-        await redis.enqueue_job(FUNCTION, ids[0], _job_id="again", _queue_name=QUEUES["transactional"])
+        await redis.enqueue_job(FUNCTION, [ids[0]], _job_id="again", _queue_name=QUEUES["transactional"])
         await run_burst([executor(db, tmp_path, "w3")], redis_url)
         assert await attempts_of(db) == dict.fromkeys(ids, 1)
         assert (await statuses(db))[ids[0]] == "done"
@@ -224,8 +234,8 @@ async def test_a_marketing_burst_waits_on_its_own_queue(db: Database, tmp_path: 
     redis = await pool(redis_url)
     try:
         assert await relay_once(db, redis, T0) == 202
-        assert await queued(redis, "marketing") == {f"{i}:0" for i in marketing}
-        assert await queued(redis, "transactional") == {f"{i}:0" for i in transactional}
+        assert await queued(redis, "marketing") == marketing
+        assert await queued(redis, "transactional") == transactional
         # only the transactional worker runs: its jobs are done whatever waits in the marketing queue
         began = time.monotonic()
         await work_off(db, redis, redis_url, [executor(db, tmp_path, "w1")], T0, only="transactional")
@@ -233,7 +243,8 @@ async def test_a_marketing_burst_waits_on_its_own_queue(db: Database, tmp_path: 
         now = await statuses(db)
         assert {now[i] for i in transactional} == {"done"}
         assert {now[i] for i in marketing} == {"pending"}
-        assert len(await queued(redis, "marketing")) == 200
+        assert len(await queued(redis, "marketing")) == 200  # in batches of BATCH
+        assert await redis.zcard(QUEUES["marketing"]) == -(-200 // BATCH)
         # and the marketing worker then works through its own queue
         await work_off(db, redis, redis_url, [executor(db, tmp_path, "w2")], T0, only="marketing")
         assert set((await statuses(db)).values()) == {"done"}
@@ -252,7 +263,7 @@ async def test_a_marketing_backlog_larger_than_a_relay_pass_does_not_hold_back_t
         # the relay's loop passes, a few jobs a pass; nobody works the marketing queue yet (a big campaign)
         for _ in range(5):
             await relay_once(db, redis, later, limit=50)
-        assert await queued(redis, "transactional") == {f"{i}:0" for i in transactional}
+        assert await queued(redis, "transactional") == transactional
         assert len(await queued(redis, "marketing")) == 60
     finally:
         await redis.aclose()
@@ -300,20 +311,21 @@ async def test_a_flushed_redis_loses_no_job(db: Database, tmp_path: Path, redis_
     try:
         assert await relay_once(db, redis, T0) == 6
         await redis.flushdb()  # Redis restarted without persistence, or evicted the keys
-        assert await queued(redis, "transactional") == set()
+        assert await queued(redis, "transactional") == []
         # no worker claims them: once the relay's hold ran out, it finds every job again
         again = T0 + HOLD + timedelta(seconds=1)
         assert await relay_once(db, redis, again) == 6
-        assert await queued(redis, "transactional") == {f"{i}:0" for i in ids}
+        assert await queued(redis, "transactional") == ids
 
         # mid-run: a worker claimed a job and died, and Redis lost its copy as well
         assert len(await executor(db, tmp_path, "dead", now=again).claim(again, ids=[ids[0]])) == 1
         await redis.flushdb()
         later = again + HOLD + timedelta(seconds=1)
-        assert await relay_once(db, redis, later) == 5  # the claimed one is not due while its lease runs
+        # the claimed one is not due while its lease runs, and its instance's next job waits for it
+        assert await relay_once(db, redis, later) == 4
         after_lease = again + LEASE + timedelta(seconds=1)
-        assert await relay_once(db, redis, after_lease) == 1  # ... and comes back once it ran out
-        assert await queued(redis, "transactional") == {f"{i}:0" for i in ids}
+        assert await relay_once(db, redis, after_lease) == 2  # ... both come once the lease ran out
+        assert await queued(redis, "transactional") == ids
 
         await work_off(db, redis, redis_url, [executor(db, tmp_path, "w1", now=after_lease)], after_lease)
         assert set((await statuses(db)).values()) == {"done"}
@@ -409,9 +421,9 @@ async def kill_and_recover(db: Database, job_id: str, folder: Path, redis_url: s
                            receiver: KeyReceiver, tmp_path: Path) -> None:
     """Kill a worker during its call, then let `journeys worker` finish the job.
 
-    The new worker gets the job from arq once the dead one's in-progress mark expires (its job
-    timeout, 2 s, + 10 s), and from the database because the dead one's lease (3 s) ran out; the
-    relay passing meanwhile queues nothing twice (the dead worker's arq job still holds the _job_id).
+    The dead worker's claim in the database runs out (its lease, 3 s, no longer renewed by a
+    heartbeat), the relay hands the job over again, and the new worker claims it; arq's own
+    re-run of the dead worker's arq job (after its timeout + 10 s) is not waited for.
     """
     redis = await pool(redis_url)
     procs: list[subprocess.Popen[bytes]] = []
@@ -433,7 +445,9 @@ async def kill_and_recover(db: Database, job_id: str, folder: Path, redis_url: s
         relaying = asyncio.create_task(relay(db, redis_url, halt))
         second = spawn([EXE, "worker", str(folder)], env, tmp_path / "second.log")
         procs.append(second)
+        began = time.monotonic()
         await wait_for_status(db, job_id, "done", timeout=30)
+        assert time.monotonic() - began < 15  # within seconds of the kill, not after arq's job timeout
         assert stop(second, signal.SIGTERM) == 0  # a clean stop on SIGTERM
         assert "arq workers on" in (tmp_path / "second.log").read_text()
     finally:
