@@ -15,7 +15,7 @@ import pytest
 
 from cli.loadtest import Result, run_load
 from cli.main import main
-from tests.cli.test_serve import _env, _serving, deployment  # noqa: F401 (the fixture)
+from tests.cli.test_serve import _env, _serving
 
 SECRET = "whsec_" + base64.b64encode(b"loadtest-secret-0123456789abcdef").decode()
 TOKEN = "loadtest-twilio-token"
@@ -26,7 +26,7 @@ def _stored(folder: Path, source: str) -> int:
         return int(conn.execute("SELECT count(*) FROM events WHERE source = ?", (source,)).fetchone()[0])
 
 
-def test_every_request_is_signed_and_stored(deployment: Path, tmp_path: Path,  # noqa: F811
+def test_every_request_is_signed_and_stored(deployment: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     env = {**_env(), "APP_WEBHOOK_SECRET": SECRET, "TWILIO_AUTH_TOKEN": TOKEN}
     proc, base = _serving(["serve", str(deployment), "--dev", "--no-engine"], tmp_path / "serve.log", env)
@@ -46,7 +46,7 @@ def test_every_request_is_signed_and_stored(deployment: Path, tmp_path: Path,  #
     assert _stored(deployment, "twilio") == 60
 
 
-def test_a_wrong_secret_is_reported_not_counted(deployment: Path, tmp_path: Path,  # noqa: F811
+def test_a_wrong_secret_is_reported_not_counted(deployment: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     env = {**_env(), "APP_WEBHOOK_SECRET": SECRET}
     proc, base = _serving(["serve", str(deployment), "--dev", "--no-engine"], tmp_path / "serve.log", env)

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -29,7 +28,6 @@ from engine.events import Event
 from engine.store import store_events
 from ingest.contacts import resolve
 from ingest.incoming import ContactRef
-from tests.conftest import EXAMPLES
 
 EXE = str(Path(sys.executable).parent / "journeys")
 
@@ -38,13 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def deployment(tmp_path: Path) -> Path:
-    folder = tmp_path / "ops"
-    shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("journeys.db*"))
-    return folder
 
 
 def _env() -> dict[str, str]:
