@@ -519,10 +519,10 @@ class Engine:
         rows = await self.claim(now)
         if not rows:
             return 0
-        if self.on_claim is not None:
-            await self.on_claim(rows)
         self._wrote_jobs = False
         async with heartbeat(functools.partial(self._renew, rows), self.settings.lease.total_seconds() / 3, log):
+            if self.on_claim is not None:
+                await self.on_claim(rows)
             processed = await self._process_all(rows, now)
         if self._wrote_jobs and self.on_jobs is not None:
             self.on_jobs()

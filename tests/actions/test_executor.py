@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -149,3 +150,44 @@ async def test_a_crashed_executors_job_comes_back_after_its_lease(db: Database, 
     # the crashed one cannot write over the successor's outcome
     await crashed.run_job(claimed[0])
     assert len(await rows(db, select(messages))) == 1
+
+
+HOOK = """
+journey: hook
+version: 1
+trigger: {{on: order.paid}}
+initial: notify
+states:
+  notify:
+    enter:
+      - action: http
+        with: {{url: "{url}", json: {{order: 1}}}}
+        retry: {{max_attempts: 1, timeout: 5s}}
+    final: true
+"""
+
+
+async def test_a_job_longer_than_its_lease_stays_with_its_live_executor(
+        db: Database, tmp_path: Path, key_receiver: Any) -> None:
+    """The receiver holds the call 2 s; the lease is 0.6 s. The heartbeat renews it while the call
+    runs, so a second executor looking all the while never takes the job: it runs once, at once."""
+    key_receiver.hold = 2.0
+    registry = await deploy(db, journey(HOOK.format(url=key_receiver.url)))
+    await put(db, ev("order.paid", "c-1"))
+    await drain(engine_for(db, registry))
+    allow = Config(MappingProxyType({}), MappingProxyType({}), Policies(http_allow_networks=("127.0.0.0/8",)))
+    short = ExecutorSettings(lease=timedelta(seconds=0.6))
+    live = Executor(db, allow, TemplateStore(tmp_path), "live", short)
+    other = Executor(db, allow, TemplateStore(tmp_path), "other", short)
+    running = asyncio.create_task(live.run_once())
+    assert await asyncio.to_thread(key_receiver.holding.wait, 10)  # the live one claimed it and called
+    taken = 0
+    while not running.done():
+        taken += len(await other.claim(datetime.now(UTC)))
+        await asyncio.sleep(0.1)
+    assert await running == 1
+    await live.close()
+    assert taken == 0
+    [job] = await rows(db, select(jobs))
+    assert (job.status, job.attempts, job.claimed_by) == ("done", 1, None)
+    assert key_receiver.keys == [job.id]

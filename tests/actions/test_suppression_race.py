@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import MappingProxyType
@@ -22,12 +27,14 @@ from sqlalchemy import select
 
 from actions.executor import Executor
 from actions.templates import TemplateStore
+from engine.db import migrate
 from engine.db.database import Database, connect
 from engine.db.schema import contacts, jobs
 from ingest.committer import Committer
 from ingest.incoming import ContactRef, Incoming
 from journeys.config import ChannelConfig, Config, Policies
 from tests.engine.runtime_helpers import T0, deploy, drain, engine_for, ev, journey, put, rows
+from tests.services import sqlite_url
 
 pytestmark = pytest.mark.anyio
 
@@ -117,3 +124,55 @@ async def test_an_opt_out_waits_for_the_send_in_flight_and_blocks_the_next(
     assert len(slow_twilio["requests"]) == 1
     statuses = sorted(r.status for r in await rows(db, select(jobs.c.status)))
     assert statuses == ["done", "skipped"]
+
+
+async def test_across_processes_on_sqlite_an_opt_out_waits_for_the_send_in_flight(
+        tmp_path: Path, slow_twilio: dict[str, Any]) -> None:
+    """`journeys serve` runs the executor in a process of its own: the in-process gate cannot see
+    it, the lock bytes beside the SQLite file (engine.db.sendlocks) must. Here `journeys engine`
+    sends, and this process commits the opt-out as ingest does."""
+    folder = tmp_path / "ops"
+    (folder / "journeys").mkdir(parents=True)
+    (folder / "journeys" / "nudge.yaml").write_text(SEND.lstrip(), encoding="utf-8")
+    (folder / "config.yaml").write_text(
+        "sources: {}\nchannels:\n  sms: {provider: twilio, account_sid: AC1, auth_token: env:TWILIO_AUTH_TOKEN, "
+        f'from: "+15005550006", api_base: "{slow_twilio["url"]}"}}\n', encoding="utf-8")
+    db = connect(sqlite_url(folder))
+    await migrate.upgrade(db)
+    now = datetime.now(UTC)
+    async with db.write.begin() as conn:
+        await conn.execute(contacts.insert().values(id="c-1", phone="+4915112345678", email=None, timezone=None,
+                                                    locale=None, attributes={}, created_at=now, updated_at=now))
+    await put(db, ev("nudge.requested", id="n1", at=now), at=now)
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": "t", "JOURNEYS_DATABASE_URL": sqlite_url(folder)}
+    log = (tmp_path / "engine.log").open("wb")
+    engine = subprocess.Popen([str(Path(sys.executable).parent / "journeys"), "engine", str(folder)], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    committer = Committer(db, Policies())
+    stop = asyncio.Event()
+    committing = asyncio.create_task(committer.run(stop))
+    try:
+        if not await asyncio.to_thread(slow_twilio["started"].wait, 30):
+            raise AssertionError((tmp_path / "engine.log").read_text())
+        stop_reply = Incoming(type="contact.opted_out", provider_event_id="SM-in:received:opt", channel="sms",
+                              contact=ContactRef(phone="+4915112345678"))
+        await committer.submit("twilio", "twilio", [stop_reply])
+        committed_at = time.monotonic()
+        assert slow_twilio["finished"] and committed_at >= slow_twilio["finished"][0]
+        # a send that starts after the opt-out never reaches the provider
+        later = datetime.now(UTC)
+        await put(db, ev("nudge.requested", id="n2", at=later), at=later)
+        deadline = time.monotonic() + 30
+        statuses: list[str] = []
+        while time.monotonic() < deadline and statuses != ["done", "skipped"]:
+            await asyncio.sleep(0.1)
+            statuses = sorted(r.status for r in await rows(db, select(jobs.c.status)))
+        assert statuses == ["done", "skipped"]
+    finally:
+        stop.set()
+        await committing
+        engine.send_signal(signal.SIGTERM)
+        engine.wait(30)
+        log.close()
+        await db.dispose()
+    assert len(slow_twilio["requests"]) == 1

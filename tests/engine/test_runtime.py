@@ -4,7 +4,7 @@ timers across restarts, version pinning, waiting for messages, quarantine."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ from sqlalchemy import select
 from engine import timers as timer_loop
 from engine.db.database import Database
 from engine.db.schema import messages
-from engine.runtime import Engine
+from engine.runtime import Engine, EngineSettings
 from engine.versions import VersionConflictError, load_registry, register
 from tests.engine.runtime_helpers import (
     REMINDER,
@@ -249,3 +249,32 @@ async def test_reply_text_is_kept_only_when_configured(db: Database) -> None:
     await drain(engine_for(db, registry, keep_bodies=True))
     [kept] = await rows(db, select(events.c.text).where(events.c.id == "n2"))
     assert kept.text == "x again"
+
+
+async def test_a_batch_longer_than_its_lease_stays_with_its_live_engine(db: Database) -> None:
+    """A batch that takes longer than the lease (here 1.5 s against 0.6 s) is renewed by the
+    heartbeat: another engine looking all the while takes nothing, and every event is applied once."""
+    registry = await deploy(db, journey())
+    now = datetime.now(UTC)
+    await put(db, *[ev("invoice.overdue", f"c-{n}", at=now, data={"invoice_id": f"I-{n}"}) for n in range(5)],
+              at=now)
+    settings = EngineSettings(lease=timedelta(seconds=0.6))
+    slow = Engine(db, registry, "slow", settings)
+    holding = asyncio.Event()
+
+    async def stall(_rows: Any) -> None:
+        holding.set()
+        await asyncio.sleep(1.5)
+
+    slow.on_claim = stall
+    other = Engine(db, registry, "other", settings)
+    running = asyncio.create_task(slow.run_once())
+    await holding.wait()
+    taken = 0
+    while not running.done():
+        taken += await other.run_once()
+        await asyncio.sleep(0.1)
+    assert await running == 5
+    assert taken == 0
+    assert await count(db, instances) == 5
+    assert await count(db, jobs) == 5
