@@ -4,11 +4,18 @@ Every request is a new, correctly signed event (Standard Webhooks for ``events``
 X-Twilio-Signature for ``twilio``), so the server does its full work: verify, normalize,
 store. With ``--rate 0`` requests go as fast as the connections allow. Only talk to
 servers you run: this is a load generator.
+
+A run has up to two phases on the same connections: the steady one (``--duration`` at
+``--rate``), then an optional burst (``--burst N`` requests and/or ``--burst-for S``
+seconds, at ``--burst-rate``, by default as fast as the connections allow). Each phase's
+acknowledgement latency is reported on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import statistics
 import time
 import uuid
@@ -38,7 +45,7 @@ class Result:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
 
-    def summary(self) -> str:
+    def summary(self, indent: str = "") -> str:
         total = sum(self.statuses.values())
         rate = self.ok / self.elapsed if self.elapsed else 0.0
         codes = ", ".join(f"{code}: {n}" for code, n in sorted(self.statuses.items()))
@@ -50,16 +57,47 @@ class Result:
             f"latency: p50 {median:.1f} ms, p90 {self.percentile(0.90):.1f} ms, p99 {self.percentile(0.99):.1f} ms, "
             f"max {max(self.latencies, default=0) * 1000:.1f} ms",
         ]
-        return "\n".join(lines)
+        return "\n".join(indent + line for line in lines)
 
 
-def events_request(secret: str, contacts: int, n: int) -> tuple[bytes, dict[str, str]]:
+DEFAULT_TYPE = "invoice.overdue"
+DEFAULT_DATA = '{"amount_due":40,"invoice_id":"INV-{n}"}'
+
+
+class EventData:
+    """The ``data`` of each event: a JSON object whose strings may hold ``{n}`` (the request's
+    number, from 0, unique in the run) and ``{time}`` (the Unix time the request is made, in
+    seconds with microseconds, for measuring latency end to end)."""
+
+    def __init__(self, text: str) -> None:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"--data is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise UsageError("--data must be a JSON object (the event's data)")
+        self.text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        self.has_n, self.has_time = "{n}" in self.text, "{time}" in self.text
+
+    def render(self, n: int) -> bytes:
+        text = self.text
+        if self.has_n:
+            text = text.replace("{n}", str(n))
+        if self.has_time:
+            text = text.replace("{time}", f"{time.time():.6f}")
+        return text.encode()
+
+
+_DEFAULT_DATA = EventData(DEFAULT_DATA)
+
+
+def events_request(secret: str, contacts: int, n: int, kind: str = DEFAULT_TYPE,
+                   data: EventData = _DEFAULT_DATA) -> tuple[bytes, dict[str, str]]:
     from ingest.providers.events import sign
 
     event_id = uuid.uuid4().hex
-    body = (b'{"id":"' + event_id.encode() + b'","type":"invoice.overdue","contact":{"id":"c-'
-            + str(n % contacts).encode() + b'"},"data":{"amount_due":40,"invoice_id":"INV-'
-            + str(n).encode() + b'"}}')
+    body = (b'{"id":"' + event_id.encode() + b'","type":' + json.dumps(kind).encode() + b',"contact":{"id":"c-'
+            + str(n % contacts).encode() + b'"},"data":' + data.render(n) + b'}')
     stamp = int(time.time())
     return body, {"content-type": "application/json", "webhook-id": f"msg_{event_id}",
                   "webhook-timestamp": str(stamp), "webhook-signature": sign(secret, f"msg_{event_id}", stamp, body)}
@@ -119,64 +157,135 @@ class _Connection:
         self.reader = self.writer = None
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A part of a run: *duration* seconds (0: no time limit) at *rate* requests/s in total
+    (0: as fast as the connections allow), at most *requests* of them (0: no limit)."""
+
+    name: str
+    duration: float
+    rate: float
+    requests: int = 0
+
+    def describe(self) -> str:
+        pace = "as fast as possible" if not self.rate else f"{self.rate:,.0f} requests/s"
+        limits = ([f"{self.duration:g} s"] if self.duration else []) + (
+            [f"at most {self.requests:,} requests" if self.duration else f"{self.requests:,} requests"]
+            if self.requests else [])
+        return f"{pace}, {' or '.join(limits)}"
+
+
+@dataclass
+class _PhaseState:
+    start: float = 0.0
+    deadline: float = float("inf")
+    end: float = 0.0
+    taken: itertools.count[int] = field(default_factory=itertools.count)
+    entered: bool = False
+
+
 async def run_load(url: str, make: Any, *, duration: float, concurrency: int, rate: float,
                    max_requests: int = 0) -> Result:
+    """One phase: as fast as possible or at *rate*, for *duration* s or *max_requests* requests."""
+    return (await run_phases(url, make, [Phase("load", duration, rate, max_requests)], concurrency=concurrency))[0]
+
+
+async def run_phases(url: str, make: Any, phases: list[Phase], *, concurrency: int) -> list[Result]:
+    """The phases one after the other on the same keep-alive connections; a Result each.
+
+    A phase starts when the first connection is done with the one before, and ends at its
+    deadline or once its requests are taken; its elapsed time runs to its last answer. At a
+    rate, each connection sends once per ``concurrency / rate`` seconds, the connections in
+    turn; one that falls behind sends at once until it is on time again.
+    """
     parts = urlsplit(url)
     tls = parts.scheme == "https"
     host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    result = Result()
-    counter = iter(range(10**12))
-    deadline = time.perf_counter() + duration
-    interval = concurrency / rate if rate else 0.0
+    results = [Result() for _ in phases]
+    states = [_PhaseState() for _ in phases]
+    numbers = itertools.count()  # the request numbers (make's n), unique over the whole run
+
+    async def send(connection: _Connection, result: Result, state: _PhaseState) -> None:
+        body, headers = make(next(numbers))
+        start = time.perf_counter()
+        try:
+            status = await connection.post(path, body, headers)
+        except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+            result.errors[type(exc).__name__] += 1
+            await connection.close()
+        else:
+            result.latencies.append(time.perf_counter() - start)
+            result.statuses[status] += 1
+        state.end = max(state.end, time.perf_counter())
 
     async def worker(number: int) -> None:
         connection = _Connection(host, port, tls)
-        # paced: the connections take turns, rather than all sending at once every interval
-        next_at = time.perf_counter() + interval * number / concurrency - interval
         try:
-            while True:
-                now = time.perf_counter()
-                if now >= deadline:
-                    return
-                n = next(counter)
-                if max_requests and n >= max_requests:
-                    return
-                if interval:
-                    next_at += interval
-                    if next_at > now:
-                        await asyncio.sleep(next_at - now)
-                body, headers = make(n)
-                start = time.perf_counter()
-                try:
-                    status = await connection.post(path, body, headers)
-                except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
-                    result.errors[type(exc).__name__] += 1
-                    await connection.close()
-                    continue
-                result.latencies.append(time.perf_counter() - start)
-                result.statuses[status] += 1
+            for phase, result, state in zip(phases, results, states, strict=True):
+                if not state.entered:
+                    state.entered, state.start = True, time.perf_counter()
+                    state.end = state.start
+                    if phase.duration:
+                        state.deadline = state.start + phase.duration
+                interval = concurrency / phase.rate if phase.rate else 0.0
+                # paced: the connections take turns, rather than all sending at once every interval
+                next_at = state.start + interval * number / concurrency - interval
+                while True:
+                    now = time.perf_counter()
+                    if now >= state.deadline:
+                        break
+                    if phase.requests and next(state.taken) >= phase.requests:
+                        break
+                    if interval:
+                        next_at += interval
+                        if next_at > now:
+                            await asyncio.sleep(next_at - now)
+                            if time.perf_counter() >= state.deadline:
+                                break
+                    await send(connection, result, state)
         finally:
             await connection.close()
 
-    started = time.perf_counter()
     await asyncio.gather(*(worker(number) for number in range(concurrency)))
-    result.elapsed = time.perf_counter() - started
-    return result
+    for result, state in zip(results, states, strict=True):
+        result.elapsed = state.end - state.start
+    return results
+
+
+def phases_of(duration: float, rate: float, requests: int, burst: int, burst_for: float,
+              burst_rate: float) -> list[Phase]:
+    """The steady phase (unless *duration* is 0), then the burst when one is asked for."""
+    if duration < 0 or burst < 0 or burst_for < 0 or rate < 0 or burst_rate < 0 or requests < 0:
+        raise UsageError("durations, rates and request counts cannot be negative")
+    out = [Phase("steady", duration, rate, requests)] if duration else []
+    if burst or burst_for:
+        out.append(Phase("burst", burst_for, burst_rate, burst))
+    elif burst_rate:
+        raise UsageError("--burst-rate needs --burst N (requests) or --burst-for S (seconds)")
+    if not out:
+        raise UsageError("nothing to send: --duration is 0 and there is no --burst")
+    return out
 
 
 def run(url: str, provider: str, secret: str | None, public_url: str | None, duration: float,
-        concurrency: int, rate: float, contacts: int, requests: int) -> int:
+        concurrency: int, rate: float, contacts: int, requests: int, *, kind: str | None = None,
+        data: str | None = None, burst: int = 0, burst_for: float = 0.0, burst_rate: float = 0.0) -> int:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"{url!r} is not an http(s) URL")
+    if concurrency < 1 or contacts < 1:
+        raise UsageError("--concurrency and --contacts must be at least 1")
+    phases = phases_of(duration, rate, requests, burst, burst_for, burst_rate)
     if provider == "events":
         if not secret:
             raise UsageError("--secret whsec_... is required for an events source")
-        key = secret
+        key, event_type, event_data = secret, kind or DEFAULT_TYPE, EventData(data or DEFAULT_DATA)
 
         def make(n: int) -> tuple[bytes, dict[str, str]]:
-            return events_request(key, contacts, n)
+            return events_request(key, contacts, n, event_type, event_data)
     else:
+        if kind is not None or data is not None:
+            raise UsageError("--type and --data are for events sources; a twilio run sends status callbacks")
         if not secret:
             raise UsageError("--secret (the auth token) is required for a twilio source")
         token, signed_url = secret, public_url or url
@@ -185,9 +294,17 @@ def run(url: str, provider: str, secret: str | None, public_url: str | None, dur
             return twilio_request(token, signed_url, contacts, n)
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    print(f"loadtest {url} ({provider}) from {started}: {concurrency} connections, "
-          f"{'as fast as possible' if not rate else f'{rate:,.0f} requests/s'}, {duration:.0f} s")
-    result = asyncio.run(run_load(url, make, duration=duration, concurrency=concurrency, rate=rate,
-                                  max_requests=requests))
-    print(result.summary())
-    return 0 if result.ok else 1
+    what = "; then ".join(f"{p.name + ': ' if len(phases) > 1 else ''}{p.describe()}" for p in phases)
+    if len(phases) == 1 and phases[0].name == "steady" and not requests:
+        # the line as it always was
+        what = f"{'as fast as possible' if not rate else f'{rate:,.0f} requests/s'}, {duration:.0f} s"
+    print(f"loadtest {url} ({provider}) from {started}: {concurrency} connections, {what}")
+    results = asyncio.run(run_phases(url, make, phases, concurrency=concurrency))
+    if len(phases) == 1:
+        print(results[0].summary())
+    else:
+        for phase, result in zip(phases, results, strict=True):
+            print(f"{phase.name}:")
+            print(result.summary(indent="  "))
+    # every phase must have had something accepted (a burst nobody took is a failure too)
+    return 0 if all(result.ok for result in results) else 1

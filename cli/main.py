@@ -91,7 +91,8 @@ def _loadtest(args: argparse.Namespace) -> int:
     from cli.loadtest import run
 
     return run(args.url, args.provider, args.secret, args.public_url, args.duration, args.concurrency, args.rate,
-               args.contacts, args.requests)
+               args.contacts, args.requests, kind=args.type, data=args.data, burst=args.burst,
+               burst_for=args.burst_for, burst_rate=args.burst_rate)
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
@@ -218,16 +219,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("loadtest", help="send signed webhooks at a rate; report throughput and latency",
                        description="Post new, correctly signed events to URL (an /ingest/SOURCE endpoint of a "
                        "server you run) from many connections, and print accepted requests per second and the "
-                       "latency percentiles. Exit 1 when nothing was accepted.")
+                       "latency percentiles. A burst (--burst N and/or --burst-for S) follows the steady phase "
+                       "on the same connections (--duration 0: the burst alone), and is reported on its own. "
+                       "Exit 1 when a phase had nothing accepted.")
     p.add_argument("url", metavar="URL")
     p.add_argument("--provider", choices=["events", "twilio"], default="events")
     p.add_argument("--secret", help="the source's secret (whsec_... for events, the auth token for twilio)")
     p.add_argument("--public-url", help="twilio: the URL Twilio signs (the source's public_url); default URL")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="seconds of the steady phase (default 10; 0: none, only the burst)")
     p.add_argument("--concurrency", type=int, default=64, help="connections (default 64)")
-    p.add_argument("--rate", type=float, default=0.0, help="requests per second in total; 0: as fast as possible")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="the steady phase's requests per second in total; 0: as fast as possible")
     p.add_argument("--contacts", type=int, default=1000, help="distinct contacts the events name")
-    p.add_argument("--requests", type=int, default=0, help="stop after this many requests (0: no limit)")
+    p.add_argument("--requests", type=int, default=0,
+                   help="stop the steady phase after this many requests (0: no limit)")
+    p.add_argument("--type", help="events: the events' type (default invoice.overdue)")
+    p.add_argument("--data", metavar="JSON",
+                   help="events: the events' data, a JSON object; in its strings {n} is the request's number "
+                   "(unique in the run) and {time} the Unix time it was sent "
+                   "(default {\"amount_due\":40,\"invoice_id\":\"INV-{n}\"})")
+    p.add_argument("--burst", type=int, default=0, metavar="N",
+                   help="after the steady phase, a burst of N requests")
+    p.add_argument("--burst-for", type=float, default=0.0, metavar="S",
+                   help="after the steady phase, a burst lasting S seconds (with --burst N: whichever ends first)")
+    p.add_argument("--burst-rate", type=float, default=0.0, metavar="R",
+                   help="the burst's requests per second in total (default 0: as fast as the connections allow)")
     p.set_defaults(handler=_loadtest)
 
     p = sub.add_parser("dead-letters", help="list, retry or discard jobs that failed for good",

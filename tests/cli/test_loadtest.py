@@ -1,11 +1,14 @@
 """``journeys loadtest`` against a real ``journeys serve --no-engine``: every request it sends is
-correctly signed and stored, and ``--rate`` spreads the requests out instead of sending bursts."""
+correctly signed and stored, ``--rate`` spreads the requests out instead of sending bursts, and a
+``--burst`` follows the steady phase on the same connections and is reported on its own."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import itertools
+import json
+import re
 import signal
 import sqlite3
 import time
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.loadtest import Result, run_load
+from cli.loadtest import Phase, Result, run_load, run_phases
 from cli.main import main
 from tests.cli.test_serve import _env, _serving
 
@@ -84,3 +87,83 @@ async def test_a_paced_run_spreads_the_connections_out() -> None:
     gaps = [b - a for a, b in itertools.pairwise(sent)]
     # evenly paced: no two requests within a couple of ms of each other
     assert min(gaps[:10]) > 0.004, gaps[:10]
+
+
+def test_a_burst_after_the_steady_phase_sends_the_type_and_data_asked_for(
+        deployment: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    env = {**_env(), "APP_WEBHOOK_SECRET": SECRET}
+    proc, base = _serving(["serve", str(deployment), "--dev", "--no-engine"], tmp_path / "serve.log", env)
+    before = time.time()
+    try:
+        # the first webhook after a start waits for the writer process to start: not part of the pace
+        assert main(["loadtest", f"{base}/ingest/app", "--secret", SECRET, "--requests", "1",
+                     "--concurrency", "1"]) == 0
+        capsys.readouterr()
+        assert main(["loadtest", f"{base}/ingest/app", "--secret", SECRET, "--concurrency", "8",
+                     "--rate", "40", "--duration", "1", "--burst", "120", "--type", "order.created",
+                     "--data", '{"order_id": "o-{n}", "sent_at": "{time}", "items": [{"sku": "A-{n}"}]}']) == 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    out = capsys.readouterr().out
+    steady, burst = out.split("\nsteady:\n")[1].split("\nburst:\n")
+    assert "202: 120" in burst and "120 requests" in burst
+    assert re.search(r"latency: p50 [\d.]+ ms, p90 [\d.]+ ms, p99 [\d.]+ ms, max [\d.]+ ms", burst)
+    steady_n = int(re.search(r"(\d+) requests in", steady).group(1))  # type: ignore[union-attr]
+    assert 30 <= steady_n <= 50, steady  # 40/s for 1 s
+    with sqlite3.connect(deployment / "journeys.db") as conn:
+        rows = conn.execute("SELECT type, data FROM events WHERE source = 'app' AND type != 'invoice.overdue'"
+                            ).fetchall()
+    assert {kind for kind, _ in rows} == {"order.created"}
+    data = [json.loads(raw) for _, raw in rows]
+    # {n} numbers the requests of the whole run, steady and burst alike
+    assert sorted(int(d["order_id"][2:]) for d in data) == list(range(steady_n + 120))
+    assert all(d["items"] == [{"sku": "A" + d["order_id"][1:]}] for d in data)
+    assert all(before <= float(d["sent_at"]) <= time.time() for d in data)
+
+
+def test_type_and_data_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    url = "http://127.0.0.1:9/ingest/app"  # nothing is sent: the arguments are refused first
+    assert main(["loadtest", url, "--secret", SECRET, "--data", "[1, 2]"]) == 2
+    assert main(["loadtest", url, "--secret", SECRET, "--data", "{nope"]) == 2
+    assert main(["loadtest", url, "--provider", "twilio", "--secret", TOKEN, "--type", "order.created"]) == 2
+    assert main(["loadtest", url, "--secret", SECRET, "--duration", "0"]) == 2
+    assert main(["loadtest", url, "--secret", SECRET, "--burst-rate", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "--data must be a JSON object" in err and "--data is not JSON" in err
+    assert "--type and --data are for events sources" in err
+    assert "nothing to send" in err and "--burst-rate needs" in err
+
+
+@pytest.mark.anyio
+async def test_the_burst_uses_the_same_connections_and_its_own_pace() -> None:
+    """Steady at 50/s for 0.4 s, then 60 requests as fast as possible, then (another run) a burst
+    at 200/s for 0.3 s: each phase is counted apart, and no new connection is opened for a burst."""
+    arrived: list[float] = []
+    connections = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                arrived.append(time.perf_counter())
+                writer.write(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/x"
+    async with server:
+        steady, burst = await run_phases(url, lambda n: (b"", {}), [Phase("steady", 0.4, 50), Phase("burst", 0, 0, 60)],
+                                         concurrency=4)
+        assert connections == 4
+        assert 15 <= steady.ok <= 22 and burst.ok == 60 and sum(burst.statuses.values()) == 60
+        # as fast as possible: 60 requests take far less time than 20 paced ones did
+        assert burst.elapsed < steady.elapsed / 2, (burst.elapsed, steady.elapsed)
+        paced, fast = await run_phases(url, lambda n: (b"", {}), [Phase("steady", 0.3, 20), Phase("burst", 0.3, 200)],
+                                       concurrency=4)
+        assert connections == 8
+    assert 4 <= paced.ok <= 8 and 50 <= fast.ok <= 62, (paced.ok, fast.ok)
