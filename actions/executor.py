@@ -329,7 +329,9 @@ class Executor:
             while not stop.is_set():
                 claimed: list[Any] = []
                 free = self.settings.concurrency - len(self._held)
-                if free > 0:
+                # while busy, claim when half a batch of slots is free, not slot by slot: each
+                # claim is a write transaction and a read of the batch's checks
+                if free >= min(self.settings.batch_size, self.settings.concurrency) // 2 or not self._held:
                     try:
                         claimed = await self.claim(self.clock(), limit=min(free, self.settings.batch_size))
                     except Exception:

@@ -114,7 +114,7 @@ def child(folder: Path) -> int:
     deployment = load_deployment(str(folder))
 
     async def main() -> None:
-        db, engine = await prepare(folder, deployment)
+        db, engine = await prepare(folder, deployment, registered=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, engine.wake)

@@ -96,8 +96,10 @@ def events_request(secret: str, contacts: int, n: int, kind: str = DEFAULT_TYPE,
     from ingest.providers.events import sign
 
     event_id = uuid.uuid4().hex
+    who = n % contacts
+    # a phone, so that a journey's SMS to the contact goes out (the Twilio callbacks use the same numbers)
     body = (b'{"id":"' + event_id.encode() + b'","type":' + json.dumps(kind).encode() + b',"contact":{"id":"c-'
-            + str(n % contacts).encode() + b'"},"data":' + data.render(n) + b'}')
+            + str(who).encode() + b'","phone":"+1555' + b"%07d" % who + b'"},"data":' + data.render(n) + b'}')
     stamp = int(time.time())
     return body, {"content-type": "application/json", "webhook-id": f"msg_{event_id}",
                   "webhook-timestamp": str(stamp), "webhook-signature": sign(secret, f"msg_{event_id}", stamp, body)}

@@ -45,12 +45,18 @@ async def _open(folder: Path) -> Database:
     return db
 
 
-async def prepare(folder: Path, deployment: Deployment) -> tuple[Database, Engine]:
+async def prepare(folder: Path, deployment: Deployment, *, registered: bool = False) -> tuple[Database, Engine]:
+    """The database, checked, with the deployment registered (unless *registered*: serve's engine
+    process, whose server did it), and an engine for it."""
     db = await _open(folder)
     try:
         await migrate.ensure_current(db, f"journeys db upgrade {folder}")
-        async with db.write.begin() as conn:
-            await register(conn, deployment.journeys.values(), datetime.now(UTC))
+        if not registered:
+            async with db.write.begin() as conn:
+                await register(conn, deployment.journeys.values(), datetime.now(UTC))
+        # Compiling the journeys takes a while: not inside a write transaction, which on SQLite
+        # would keep webhook commits waiting for it.
+        async with db.read.connect() as conn:
             registry = await load_registry(conn, deployment.journeys)
     except BaseException:
         await db.dispose()

@@ -90,7 +90,7 @@ async def test_a_paced_run_spreads_the_connections_out() -> None:
 
 
 def test_a_burst_after_the_steady_phase_sends_the_type_and_data_asked_for(
-        deployment: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+        deployment: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     env = {**_env(), "APP_WEBHOOK_SECRET": SECRET}
     proc, base = _serving(["serve", str(deployment), "--dev", "--no-engine"], tmp_path / "serve.log", env)
     before = time.time()
