@@ -106,9 +106,16 @@ class Executor:
     async def claim(self, now: datetime, ids: Sequence[str] | None = None, limit: int | None = None) -> list[Any]:
         """Jobs due now (or exactly *ids*, for a queue worker): pending ones, and running ones
         whose lease ran out (their executor died). Transactional before marketing."""
+        due = (jobs.c.status == "pending") & (jobs.c.next_attempt_at <= now)
+        stale = (jobs.c.status == "running") & (jobs.c.lease_until < now)
+        # A look without the write lock first (see Engine.claim).
+        async with self.db.read.connect() as look:
+            query = select(jobs.c.id).where(due | stale)
+            if ids is not None:
+                query = query.where(jobs.c.id.in_(list(ids)))
+            if (await look.execute(query.limit(1))).first() is None:
+                return []
         async with self.db.write.begin() as conn:
-            due = (jobs.c.status == "pending") & (jobs.c.next_attempt_at <= now)
-            stale = (jobs.c.status == "running") & (jobs.c.lease_until < now)
             query = select(jobs.c.id).where(due | stale)
             if ids is not None:
                 query = query.where(jobs.c.id.in_(list(ids)))

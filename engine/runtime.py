@@ -175,6 +175,11 @@ class Engine:
 
     async def claim(self, now: datetime) -> list[Any]:
         size = self.settings.batch_size
+        # A look without the write lock first: an idle engine must not take SQLite's one write
+        # lock away from webhook commits several times a second to find nothing.
+        async with self.db.read.connect() as look:
+            if (await look.execute(select(events.c.seq).where(events.c.status == "pending").limit(1))).first() is None:
+                return []
         async with self.db.write.begin() as conn:
             scan = await conn.execute(
                 select(events.c.seq, events.c.partition_key, events.c.claimed_by, events.c.lease_until,
