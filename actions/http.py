@@ -90,6 +90,8 @@ USER_AGENT = "journeys"
 KEEPALIVE_SECONDS = 5.0
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# one encoder for every call: json.dumps with options builds a new one each time
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 # Headers the action sets itself: a journey's headers of these names are ignored.
 _OURS = frozenset({"host", "idempotency-key", "content-length", "transfer-encoding", "connection",
                    "accept-encoding", "te", "trailer", "upgrade", "keep-alive", "proxy-connection"})
@@ -146,8 +148,7 @@ def _read_inputs(inputs: Mapping[str, Any], job_id: str) -> _Call:
         raise _bad("give json or body, not both")
     if json_value is not None:
         try:
-            content = json.dumps(json_value, ensure_ascii=False, separators=(",", ":"),
-                                 allow_nan=False).encode("utf-8")
+            content = _JSON.encode(json_value).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise _bad(f"json cannot be encoded: {exc}") from None
         headers.setdefault("content-type", ("Content-Type", "application/json"))

@@ -17,6 +17,8 @@ Rows:
 
 * ``action``: :class:`actions.http.HttpAction` ``.run`` with a real ActionContext, as the
   executor calls it (input checks, the SSRF check, pinning, the capped read, the result);
+* ``action-by-name``: the same with ``localhost`` in the URL instead of ``127.0.0.1``: what
+  resolving the name once per call costs (getaddrinfo in asyncio's thread pool);
 * ``action-httpx-before``: the action's send path on httpx, as ``actions/http.py`` had it
   until it got a client of its own (aiohttp): the same checks, then
   ``httpx.AsyncClient.send`` of a request pinned to the IP, ``stream=True``, the body read
@@ -109,7 +111,7 @@ def _ctx(url: str, http: Any, n: int) -> Any:
         job_id=f"inst-{n}:0:0", action="http", instance_id=f"inst-{n}", journey="bench", attempt=1,
         inputs={"url": url, "headers": {"Authorization": "Bearer t0k", "X-Tenant": "acme"}, "json": BODY},
         contact=None, vars={}, config=Config(sources={}, channels={}, policies=Policies(
-            http_allow_networks=("127.0.0.0/8",))),
+            http_allow_networks=("127.0.0.0/8", "::1/128"))),
         templates=TemplateStore(None), http=http, now=datetime.now(UTC), timeout=10.0, message_id="msg-1")
 
 
@@ -132,6 +134,10 @@ async def action_client(url: str) -> Client:
             await closer()
 
     return post, close
+
+
+async def action_by_name_client(url: str) -> Client:
+    return await action_client(url.replace("127.0.0.1", "localhost"))
 
 
 async def action_httpx_before_client(url: str) -> Client:
@@ -286,6 +292,7 @@ async def floor_client(url: str) -> Client:
 
 CLIENTS: dict[str, Callable[[str], Awaitable[Client]]] = {
     "action": action_client,
+    "action-by-name": action_by_name_client,
     "action-httpx-before": action_httpx_before_client,
     "httpx": httpx_client,
     "aiohttp": aiohttp_client,
