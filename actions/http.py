@@ -41,7 +41,8 @@ the first call and reused by every later one (``ctx.http``, the httpx client tha
 and plugins use, is not used here). Why: per call, httpx (h11 in pure Python, anyio, its
 connection pool) cost 1.3 ms of CPU sequentially and 2.5 ms with 50 calls at once on the
 development machine; aiohttp (C parser, asyncio protocols) about 0.2 ms, and the whole
-action about 0.35 ms (``tests/benchmarks/bench_http_client.py``). Its connections are
+action about 0.33 ms, 0.26 ms with 50 at once (``tests/benchmarks/bench_http_client.py``;
+a URL by name adds about 0.2 ms for the lookup in asyncio's thread pool). Its connections are
 kept alive and pooled by checked IP and port, so the next job to the same receiver skips
 the TCP handshake; idle ones are dropped after 5 s. Except for https to a name: each such
 call gets a new connection, verified for that name, with ``Connection: close``, and it is
