@@ -21,15 +21,15 @@ DNS rebinding: checking a name and then letting the HTTP client resolve it again
 let a hostile DNS server answer "public" to the check and "127.0.0.1" to the connection.
 So the check *returns* what it checked (:class:`Target`, with the resolved addresses)
 and the caller connects to those addresses only: the request goes to
-``scheme://<checked IP>:port/path`` with the ``Host`` header of the original URL and,
-for https, the original host name as TLS SNI and certificate name (httpcore's
-``sni_hostname`` extension), so certificates are still verified against the name. We
-chose this over a transport that re-checks the peer address because the action must use
-the client it is handed (``ctx.http``, whose transport it does not own): pinning works
-with any httpx client. The cost: connections are pooled by IP, so an https request to a
-*name* is sent with ``Connection: close`` (a TLS connection verified for one name is
-never reused for another name on the same IP). If the client is configured with a proxy,
-the proxy connects to the checked IP, not the name.
+``scheme://<checked IP>:port/path`` (:meth:`Target.pinned`) with the ``Host`` header of
+the original URL and, for https, the original host name as TLS SNI and certificate name
+(aiohttp's ``server_hostname``), so certificates are still verified against the name.
+The ``http`` action's client (:mod:`actions.http`) never resolves a name itself; a proxy
+from the environment, if there is one, is sent the checked address too, not the name.
+
+URLs are parsed by httpx's parser, as when httpx sent them, so what goes on the wire is
+the same; a parsed URL is kept in a small cache because webhook URLs repeat and parsing
+one costs tens of microseconds.
 
 Resolution failures are transient (``connection: ...``), as httpx treats them: a DNS
 outage must not turn a webhook into a dead letter at once. Everything else here is a
@@ -39,12 +39,14 @@ permanent :class:`~actions.base.ActionError`: the URL will not get better by wai
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
+from yarl import URL
 
 from actions.base import ActionError
 
@@ -59,37 +61,58 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 @dataclass(frozen=True)
+class Parsed:
+    """A URL whose form is acceptable, with what the action needs of it worked out once."""
+
+    url: httpx.URL
+    host: str  # as it goes on the wire (IDNA-encoded; an IPv6 literal without brackets)
+    port: int
+    host_is_name: bool  # False when the URL names an IP address itself (nothing to resolve)
+    host_header: str  # the Host header of the URL (with its port, if it had one)
+    path_qs: str  # the encoded path and query string, as httpx would send them
+    described: str  # for messages: no credentials, no query string
+
+
+@dataclass(frozen=True)
 class Target:
     """A checked URL and the addresses it may be reached at (resolver order, no duplicates)."""
 
-    url: httpx.URL
+    parsed: Parsed
     addresses: tuple[IPAddress, ...]
+
+    @property
+    def url(self) -> httpx.URL:
+        return self.parsed.url
 
     @property
     def host(self) -> str:
         """The host as it goes on the wire (IDNA-encoded; an IPv6 literal without brackets)."""
-        return self.url.raw_host.decode("ascii")
+        return self.parsed.host
 
     @property
     def port(self) -> int:
-        return self.url.port or DEFAULT_PORTS[self.url.scheme]
+        return self.parsed.port
 
     @property
     def host_is_name(self) -> bool:
         """False when the URL names an IP address itself (nothing was resolved)."""
-        return not _is_ip_literal(self.host)
+        return self.parsed.host_is_name
 
     @property
     def host_header(self) -> str:
         """The ``Host`` header of the original URL (with its port, if it had one)."""
-        return self.url.netloc.decode("ascii")
+        return self.parsed.host_header
 
-    def pinned(self, address: IPAddress) -> httpx.URL:
+    def pinned(self, address: IPAddress) -> URL:
         """The URL with its host replaced by one checked address: connect there, nowhere else."""
-        return self.url.copy_with(host=str(address))
+        host = f"[{address}]" if address.version == 6 else str(address)
+        path, _, query = self.parsed.path_qs.partition("?")
+        # encoded=True: the path and query stay byte for byte what httpx's parser made of them
+        return URL.build(scheme=self.parsed.url.scheme, host=host, port=self.parsed.port, path=path,
+                         query_string=query, encoded=True)
 
     def describe(self) -> str:
-        return describe(self.url)
+        return self.parsed.described
 
 
 def describe(url: httpx.URL) -> str:
@@ -100,6 +123,12 @@ def describe(url: httpx.URL) -> str:
 
 def parse_networks(allow: Sequence[str]) -> tuple[IPNetwork, ...]:
     """The allowed networks; a bad entry is a permanent error naming it."""
+    return _networks(tuple(allow))
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(allow: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    # the policy is the same for every job of a deployment: parse it once
     networks: list[IPNetwork] = []
     for cidr in allow:
         try:
@@ -194,7 +223,13 @@ async def resolve(host: str, port: int) -> tuple[IPAddress, ...]:
 
 
 def parse_url(url: str) -> httpx.URL:
-    """The URL as httpx will send it, if its form is acceptable (scheme, host, no credentials)."""
+    """The URL as httpx parses it, if its form is acceptable (scheme, host, no credentials)."""
+    return parse(url).url
+
+
+@functools.lru_cache(maxsize=1024)
+def parse(url: str) -> Parsed:
+    """:func:`parse_url` and what follows from it (a refused URL raises, and is not cached)."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, UnicodeError) as exc:
@@ -208,7 +243,10 @@ def parse_url(url: str) -> httpx.URL:
                           f"send them in headers (url {describe(parsed)!r})", transient=False)
     if not parsed.raw_host:
         raise ActionError(f"url refused: no host in {describe(parsed)!r}", transient=False)
-    return parsed
+    host = parsed.raw_host.decode("ascii")
+    return Parsed(url=parsed, host=host, port=parsed.port or DEFAULT_PORTS[parsed.scheme],
+                  host_is_name=not _is_ip_literal(host), host_header=parsed.netloc.decode("ascii"),
+                  path_qs=parsed.raw_path.decode("ascii"), described=describe(parsed))
 
 
 async def resolve_url(url: str, allow: Sequence[str]) -> Target:
@@ -217,15 +255,14 @@ async def resolve_url(url: str, allow: Sequence[str]) -> Target:
     Raises :class:`ActionError`: permanent when the URL or any of its addresses is refused,
     transient (``connection: ...``) when the host cannot be resolved.
     """
-    parsed = parse_url(url)
+    parsed = parse(url)
     networks = parse_networks(allow)
-    target = Target(parsed, ())
-    addresses = await resolve(target.host, target.port)
+    addresses = await resolve(parsed.host, parsed.port)
     for address in addresses:
         why = refusal(address, networks)
         if why is not None:
-            via = f" ({target.host} resolves to {address})" if target.host_is_name else ""
-            raise ActionError(f"url refused: {describe(parsed)}{via}: {why}; only public addresses are "
+            via = f" ({parsed.host} resolves to {address})" if parsed.host_is_name else ""
+            raise ActionError(f"url refused: {parsed.described}{via}: {why}; only public addresses are "
                               "allowed unless policies.http_allow_networks lists the network",
                               transient=False)
     return Target(parsed, addresses)

@@ -110,6 +110,32 @@ async def redis_url() -> AsyncIterator[str]:
             await client.aclose()
 
 
+# --- the http action ------------------------------------------------------------------------
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                   "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The http action follows the environment's proxies: none may carry test traffic elsewhere."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+
+@pytest.fixture
+async def close_http_action() -> AsyncIterator[None]:
+    """Close the built-in http action's client when the test ends (it belongs to the test's event loop).
+
+    For tests that run ``http`` jobs through executors without closing them.
+    """
+    yield
+    from actions.http import close
+
+    await close()
+
+
 # --- a receiver for the http action -------------------------------------------------------
 
 

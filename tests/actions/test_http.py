@@ -1,11 +1,15 @@
 """The ``http`` action against a real HTTP receiver on 127.0.0.1, and its SSRF guard.
 
 The receiver is a standard library ThreadingHTTPServer on a free loopback port; it
-records every request and answers by path (any status, slow, huge, dripping, redirect,
-a ticket endpoint that dedupes by Idempotency-Key). Happy paths allow 127.0.0.0/8 with
-``policies.http_allow_networks``; refusals use a client whose transport records and
+records every request (and the client port it came from, to tell connections apart) and
+answers by path (any status, slow, huge, dripping, redirect, a ticket endpoint that
+dedupes by Idempotency-Key). Happy paths allow 127.0.0.0/8 with
+``policies.http_allow_networks``; refusals use an action whose connector records and
 refuses everything, so nothing is sent anywhere (and no test touches a non-loopback
 address: names other than localhost come from a fake resolver).
+
+The action owns its client (an aiohttp session per event loop); every test closes the
+actions it used, as the executor does when it stops.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import httpx
 import pytest
 
+import actions.http
 from actions.base import ActionContext, ActionError, Outcome
 from actions.http import HTTP_ACTION, HttpAction, retry_after
 from actions.net import check_url, refusal
@@ -50,6 +56,8 @@ class Received:
     path: str
     headers: Message
     body: bytes
+    port: int  # the client's port: one per connection
+    target: str  # the request line's target as sent: absolute (http://...) through a proxy
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -63,6 +71,7 @@ class Receiver:
     release: threading.Event = field(default_factory=threading.Event)
     huge_sent: int = 0
     sni: list[str | None] = field(default_factory=list)
+    closed: list[int] = field(default_factory=list)  # client ports of connections that ended
     lock: threading.Lock = field(default_factory=threading.Lock)
     scheme: str = "http"
 
@@ -88,7 +97,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._handle()
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET  # noqa: N815
+    def finish(self) -> None:
+        super().finish()
+        with self.server.receiver.lock:
+            self.server.receiver.closed.append(self.client_address[1])
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_CONNECT = do_GET  # noqa: N815
 
     def _reply(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
@@ -107,9 +121,12 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         with rec.lock:
-            rec.received.append(Received(self.command, url.path, self.headers, body))
+            rec.received.append(Received(self.command, url.path, self.headers, body, self.client_address[1],
+                                         self.path))
         path = url.path
-        if path.startswith("/status/"):
+        if self.command == "CONNECT":
+            self._reply(403, b"no tunnels here")  # as a proxy: record the tunnel asked for, refuse it
+        elif path.startswith("/status/"):
             code = int(path.removeprefix("/status/"))
             headers = {"Content-Type": "text/plain"}
             if "retry_after" in q:
@@ -153,6 +170,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, gzip.compress(b"squeezed " * 10), {"Content-Encoding": "gzip"})
         elif path == "/redirect":
             self._reply(int(q.get("code", "302")), b"", {"Location": q["to"]})
+        elif path == "/garbage":
+            self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+            self.close_connection = True
+        elif path == "/bye":
+            self._reply(200, b"bye", {"Connection": "close"})  # and the server hangs up
         else:
             self._reply(200, json.dumps({"ok": True}).encode(), {"Content-Type": "application/json"})
 
@@ -190,13 +212,46 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     # trust_env=False: a proxy from the environment must not carry test traffic elsewhere
     async with httpx.AsyncClient(trust_env=False) as c:
         yield c
+    # HTTP_ACTION's own client, which the tests that use this one make: it belongs to this test's loop
+    await HTTP_ACTION.close()
+
+
+@pytest.fixture
+async def make_action() -> AsyncIterator[Any]:
+    """HttpAction(**kwargs), closed after the test."""
+    made: list[HttpAction] = []
+
+    def make(**kwargs: Any) -> HttpAction:
+        made.append(HttpAction(**kwargs))
+        return made[-1]
+
+    yield make
+    for action in made:
+        await action.close()
+
+
+class _RefusingConnector(aiohttp.BaseConnector):
+    """Records each request the action's session would send, and refuses to connect."""
+
+    def __init__(self, requests: list[Any]) -> None:
+        super().__init__()
+        self.requests = requests
+
+    async def connect(self, req: aiohttp.ClientRequest, traces: Any, timeout: Any) -> Any:
+        self.requests.append(req)
+        raise aiohttp.ClientConnectorError(req.connection_key, ConnectionRefusedError(
+            111, "test connector: nothing may be sent"))
 
 
 @dataclass
 class Nowhere:
-    """A client whose transport records requests and sends none."""
+    """An action whose connector, and a ctx.http client whose transport, record requests and send none."""
 
-    requests: list[httpx.Request] = field(default_factory=list)
+    requests: list[Any] = field(default_factory=list)
+    action: HttpAction = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.action = HttpAction(connector=lambda: _RefusingConnector(self.requests))
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -208,6 +263,7 @@ async def nowhere() -> AsyncIterator[tuple[Nowhere, httpx.AsyncClient]]:
     spy = Nowhere()
     async with httpx.AsyncClient(transport=httpx.MockTransport(spy.handler)) as c:
         yield spy, c
+    await spy.action.close()
 
 
 def make_ctx(http: httpx.AsyncClient, url: str, *, allow: tuple[str, ...] = LOOPBACK, job_id: str = JOB,
@@ -368,6 +424,13 @@ async def test_body_cut_by_the_deadline_keeps_the_status(receiver: Receiver, cli
     assert out.result == {"status": 200, "body": "partial"}
 
 
+async def test_an_answer_that_is_not_http_is_transient(receiver: Receiver, client: httpx.AsyncClient) -> None:
+    err = await fails(make_ctx(client, receiver.url("/garbage?token=s3cret")))
+    assert err.transient and err.status is None
+    assert err.reason.startswith(f"connection: POST http://127.0.0.1:{receiver.port}/garbage: ")
+    assert "s3cret" not in err.reason  # no query string in reasons: it may hold tokens
+
+
 async def test_connection_refused_is_transient(client: httpx.AsyncClient) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -389,8 +452,8 @@ async def test_huge_response_is_capped(receiver: Receiver, client: httpx.AsyncCl
     assert 0 < receiver.huge_sent < total
 
 
-async def test_cap_keeps_the_first_bytes(receiver: Receiver, client: httpx.AsyncClient) -> None:
-    out = await HttpAction(max_body_bytes=25).run(make_ctx(client, receiver.url("/huge?bytes=100000")))
+async def test_cap_keeps_the_first_bytes(receiver: Receiver, client: httpx.AsyncClient, make_action: Any) -> None:
+    out = await make_action(max_body_bytes=25).run(make_ctx(client, receiver.url("/huge?bytes=100000")))
     assert out.result == {"status": 200, "body": "0123456789012345678901234"}
 
 
@@ -449,7 +512,7 @@ async def test_refused_without_allow(receiver: Receiver, nowhere: tuple[Nowhere,
                                      template: str, words: str) -> None:
     spy, client = nowhere
     url = template.format(port=receiver.port)
-    err = await fails(make_ctx(client, url, allow=()))
+    err = await fails(make_ctx(client, url, allow=()), spy.action)
     assert not err.transient and err.status is None
     assert words in err.reason
     assert spy.requests == []
@@ -468,7 +531,7 @@ async def test_the_receiver_is_refused_without_allow(receiver: Receiver, client:
 async def test_allow_is_per_network(receiver: Receiver, nowhere: tuple[Nowhere, httpx.AsyncClient]) -> None:
     spy, client = nowhere
     for url in ("http://10.0.0.1/", "http://[::1]/", "http://169.254.169.254/"):
-        err = await fails(make_ctx(client, url, allow=("127.0.0.0/8",)))
+        err = await fails(make_ctx(client, url, allow=("127.0.0.0/8",)), spy.action)
         assert err.reason.startswith("url refused")
     assert spy.requests == []
 
@@ -476,15 +539,15 @@ async def test_allow_is_per_network(receiver: Receiver, nowhere: tuple[Nowhere, 
 async def test_credentials_in_url_are_refused_and_not_echoed(
         receiver: Receiver, nowhere: tuple[Nowhere, httpx.AsyncClient]) -> None:
     spy, client = nowhere
-    err = await fails(make_ctx(client, receiver.url("/hook", host="admin:s3cret@127.0.0.1")))
+    err = await fails(make_ctx(client, receiver.url("/hook", host="admin:s3cret@127.0.0.1")), spy.action)
     assert "credentials" in err.reason and "s3cret" not in err.reason
     assert not err.transient
     assert spy.requests == [] and receiver.received == []
 
 
 async def test_bad_allow_entry_is_permanent(nowhere: tuple[Nowhere, httpx.AsyncClient]) -> None:
-    _, client = nowhere
-    err = await fails(make_ctx(client, "http://10.0.0.1/", allow=("not-a-net",)))
+    spy, client = nowhere
+    err = await fails(make_ctx(client, "http://10.0.0.1/", allow=("not-a-net",)), spy.action)
     assert not err.transient and "not-a-net" in err.reason
 
 
@@ -567,7 +630,7 @@ async def test_rebinding_connects_to_the_checked_address(
 async def test_one_bad_address_refuses_the_name(nowhere: tuple[Nowhere, httpx.AsyncClient], fake_dns: Any) -> None:
     spy, client = nowhere
     fake_dns({"mixed.example.test": [["93.184.216.34", "10.1.2.3"]]})
-    err = await fails(make_ctx(client, "https://mixed.example.test/hook", allow=()))
+    err = await fails(make_ctx(client, "https://mixed.example.test/hook", allow=()), spy.action)
     assert "mixed.example.test resolves to 10.1.2.3" in err.reason and not err.transient
     assert spy.requests == []
 
@@ -575,20 +638,20 @@ async def test_one_bad_address_refuses_the_name(nowhere: tuple[Nowhere, httpx.As
 async def test_public_name_is_sent_to_its_address(nowhere: tuple[Nowhere, httpx.AsyncClient], fake_dns: Any) -> None:
     spy, client = nowhere
     fake_dns({"api.example.test": [["93.184.216.34"]]})
-    err = await fails(make_ctx(client, "https://api.example.test/v1/tickets?x=1", allow=()))
-    # the spy transport refused the connection, so nothing left this machine
+    err = await fails(make_ctx(client, "https://api.example.test/v1/tickets?x=1", allow=()), spy.action)
+    # the spy connector refused the connection, so nothing left this machine
     assert err.transient and err.reason.startswith("connection")
     (sent,) = spy.requests
     assert str(sent.url) == "https://93.184.216.34/v1/tickets?x=1"
     assert sent.headers["Host"] == "api.example.test"
     assert sent.headers["Connection"] == "close"
-    assert sent.extensions["sni_hostname"] == "api.example.test"
+    assert sent.server_hostname == "api.example.test"  # TLS SNI and certificate name
 
 
 async def test_unresolvable_name_is_transient(nowhere: tuple[Nowhere, httpx.AsyncClient], fake_dns: Any) -> None:
     spy, client = nowhere
     fake_dns({"gone.example.test": [[]]})
-    err = await fails(make_ctx(client, "https://gone.example.test/hook", allow=()))
+    err = await fails(make_ctx(client, "https://gone.example.test/hook", allow=()), spy.action)
     assert err.transient and err.reason.startswith("connection")
     assert spy.requests == []
 
@@ -646,27 +709,178 @@ def tls_receiver(certificate: tuple[bytes, bytes], tmp_path: Any) -> Iterator[Re
 
 
 @pytest.fixture
-async def tls_client(certificate: tuple[bytes, bytes]) -> AsyncIterator[httpx.AsyncClient]:
-    trust = ssl.create_default_context(cadata=certificate[0].decode())
-    async with httpx.AsyncClient(trust_env=False, verify=trust) as c:
-        yield c
+def tls_action(certificate: tuple[bytes, bytes], make_action: Any) -> HttpAction:
+    """The http action, trusting the test certificate."""
+    action: HttpAction = make_action(tls=ssl.create_default_context(cadata=certificate[0].decode()))
+    return action
 
 
 async def test_https_to_a_name_verifies_the_name(
-        tls_receiver: Receiver, tls_client: httpx.AsyncClient, fake_dns: Any) -> None:
+        tls_receiver: Receiver, client: httpx.AsyncClient, tls_action: HttpAction, fake_dns: Any) -> None:
     fake_dns({"hooks.example.test": [["127.0.0.1"], ["127.0.0.1"]], "other.example.test": [["127.0.0.1"]]})
-    out = await HTTP_ACTION.run(make_ctx(tls_client, tls_receiver.url("/tickets", host="hooks.example.test"),
-                                         json={"a": 1}))
+    out = await tls_action.run(make_ctx(client, tls_receiver.url("/tickets", host="hooks.example.test"),
+                                        json={"a": 1}))
     assert out.result["status"] == 201
     assert tls_receiver.sni == ["hooks.example.test"]
     got = tls_receiver.received[0]
     assert got.headers["Host"] == f"hooks.example.test:{tls_receiver.port}"
     assert got.headers["Connection"] == "close"
     # the same IP under a name the certificate does not cover: the handshake fails
-    err = await fails(make_ctx(tls_client, tls_receiver.url("/tickets", host="other.example.test")))
+    err = await fails(make_ctx(client, tls_receiver.url("/tickets", host="other.example.test")), tls_action)
     assert err.transient and err.reason.startswith("connection")
     assert "CERTIFICATE_VERIFY_FAILED" in err.reason
     assert len(tls_receiver.received) == 1
     # and a second call to the first name opens a fresh, verified connection
-    await HTTP_ACTION.run(make_ctx(tls_client, tls_receiver.url("/", host="hooks.example.test")))
+    await tls_action.run(make_ctx(client, tls_receiver.url("/", host="hooks.example.test")))
     assert tls_receiver.sni == ["hooks.example.test", "other.example.test", "hooks.example.test"]
+
+
+# --- the action's client: a pool of connections per event loop, until close() ------------
+
+async def closed_soon(rec: Receiver, port: int) -> bool:
+    """Whether the receiver saw the connection from *port* end (it notices within a moment)."""
+    for _ in range(100):
+        if port in rec.closed:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_jobs_to_the_same_host_reuse_one_connection(
+        receiver: Receiver, client: httpx.AsyncClient, fake_dns: Any) -> None:
+    for n in range(3):
+        out = await HTTP_ACTION.run(make_ctx(client, receiver.url("/tickets"), job_id=f"inst-{n}:0:0"))
+        assert out.result["status"] == 201
+    # a name that resolves to the same checked address shares it (plain http: Host tells them apart)
+    fake_dns({"hooks.example.test": [["127.0.0.1"]]})
+    await HTTP_ACTION.run(make_ctx(client, receiver.url("/", host="hooks.example.test")))
+    ports = {r.port for r in receiver.received}
+    assert len(receiver.received) == 4 and len(ports) == 1
+    assert [r.headers["Host"] for r in receiver.received][-1] == f"hooks.example.test:{receiver.port}"
+    assert receiver.closed == []
+
+
+async def test_https_to_a_name_is_never_pooled(
+        tls_receiver: Receiver, client: httpx.AsyncClient, tls_action: HttpAction, fake_dns: Any) -> None:
+    fake_dns({"hooks.example.test": [["127.0.0.1"], ["127.0.0.1"]]})
+    for _ in range(2):
+        out = await tls_action.run(make_ctx(client, tls_receiver.url("/tickets", host="hooks.example.test")))
+        assert out.result["status"] in (200, 201)
+    first, second = tls_receiver.received
+    assert first.port != second.port
+    assert first.headers["Connection"] == second.headers["Connection"] == "close"
+    assert tls_receiver.sni == ["hooks.example.test", "hooks.example.test"]  # two verified handshakes
+    assert await closed_soon(tls_receiver, first.port) and await closed_soon(tls_receiver, second.port)
+
+
+async def test_a_body_cut_short_drops_its_connection(
+        receiver: Receiver, client: httpx.AsyncClient, make_action: Any) -> None:
+    action = make_action(max_body_bytes=25)
+    await action.run(make_ctx(client, receiver.url("/huge?bytes=100000")))
+    await action.run(make_ctx(client, receiver.url("/tickets")))
+    huge, after = receiver.received
+    assert huge.port != after.port
+    assert await closed_soon(receiver, huge.port)
+
+
+async def test_a_connection_the_server_closed_is_not_reused(receiver: Receiver, client: httpx.AsyncClient) -> None:
+    bye = await HTTP_ACTION.run(make_ctx(client, receiver.url("/bye")))
+    assert bye.result == {"status": 200, "body": "bye"}
+    assert await closed_soon(receiver, receiver.received[0].port)
+    out = await HTTP_ACTION.run(make_ctx(client, receiver.url("/tickets")))
+    assert out.result["status"] == 201
+    assert receiver.received[1].port != receiver.received[0].port
+
+
+async def test_close_ends_the_pooled_connections(receiver: Receiver, client: httpx.AsyncClient,
+                                                 make_action: Any) -> None:
+    action = make_action()
+    await action.close()  # before any call: nothing to close
+    await action.run(make_ctx(client, receiver.url("/tickets")))
+    first = receiver.received[0].port
+    assert receiver.closed == []
+    await action.close()
+    assert await closed_soon(receiver, first)
+    await action.close()  # again: nothing left
+    # the next call opens a new client, and works
+    out = await action.run(make_ctx(client, receiver.url("/tickets")))
+    assert out.result["status"] == 200
+    assert receiver.received[1].port != first
+
+
+async def test_module_close_is_the_builtin_actions(receiver: Receiver, client: httpx.AsyncClient) -> None:
+    # what the executor calls when it stops
+    await HTTP_ACTION.run(make_ctx(client, receiver.url("/tickets")))
+    await actions.http.close()
+    assert await closed_soon(receiver, receiver.received[0].port)
+
+
+async def test_one_client_per_event_loop(receiver: Receiver, client: httpx.AsyncClient) -> None:
+    await HTTP_ACTION.run(make_ctx(client, receiver.url("/tickets")))
+
+    async def elsewhere() -> None:
+        # another event loop (another thread) gets a client of its own, and closes only that one
+        async with httpx.AsyncClient(trust_env=False) as other:
+            await HTTP_ACTION.run(make_ctx(other, receiver.url("/tickets")))
+        await HTTP_ACTION.close()
+
+    await asyncio.to_thread(asyncio.run, elsewhere())
+    await HTTP_ACTION.run(make_ctx(client, receiver.url("/tickets")))
+    here, there, here_again = (r.port for r in receiver.received)
+    assert here == here_again != there
+    assert await closed_soon(receiver, there)
+    assert here not in receiver.closed
+
+
+# --- the environment's proxies: sent the checked address, never the name ------------------
+
+@pytest.fixture
+def proxy() -> Iterator[Receiver]:
+    """A forward proxy that answers itself (as the receiver does) and records what it was asked."""
+    yield from _serve()
+
+
+async def test_the_environments_proxy_is_sent_the_checked_address(
+        receiver: Receiver, proxy: Receiver, client: httpx.AsyncClient, make_action: Any,
+        monkeypatch: pytest.MonkeyPatch, fake_dns: Any) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+    fake_dns({"hooks.example.test": [["127.0.0.1"]]})
+    out = await make_action().run(make_ctx(client, receiver.url("/tickets?x=1", host="hooks.example.test")))
+    assert out.result["status"] == 201
+    (got,) = proxy.received
+    assert got.target == f"http://127.0.0.1:{receiver.port}/tickets?x=1"  # the proxy resolves nothing
+    assert got.headers["Host"] == f"hooks.example.test:{receiver.port}"
+    assert got.headers.get_all("Idempotency-Key") == [JOB]
+    assert receiver.received == []
+
+
+@pytest.mark.parametrize("no_proxy", ["example.test", ".example.test", "hooks.example.test", "127.0.0.0/8",
+                                      "127.0.0.1", "elsewhere.test, *"])
+async def test_no_proxy_by_name_or_address(
+        receiver: Receiver, proxy: Receiver, client: httpx.AsyncClient, make_action: Any,
+        monkeypatch: pytest.MonkeyPatch, fake_dns: Any, no_proxy: str) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    fake_dns({"hooks.example.test": [["127.0.0.1"]]})
+    await make_action().run(make_ctx(client, receiver.url("/tickets", host="hooks.example.test")))
+    assert [r.target for r in receiver.received] == ["/tickets"]
+    assert proxy.received == []
+
+
+async def test_a_proxy_for_the_other_scheme_is_not_used(
+        receiver: Receiver, proxy: Receiver, client: httpx.AsyncClient, make_action: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+    await make_action().run(make_ctx(client, receiver.url("/tickets")))
+    assert len(receiver.received) == 1 and proxy.received == []
+
+
+async def test_https_through_the_proxy_tunnels_to_the_checked_address(
+        proxy: Receiver, client: httpx.AsyncClient, tls_action: HttpAction,
+        monkeypatch: pytest.MonkeyPatch, fake_dns: Any) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+    fake_dns({"hooks.example.test": [["127.0.0.1"]]})
+    err = await fails(make_ctx(client, "https://hooks.example.test:8443/tickets"), tls_action)
+    assert err.transient and err.reason.startswith("connection")  # this proxy refuses tunnels
+    (got,) = proxy.received
+    assert (got.method, got.target) == ("CONNECT", "127.0.0.1:8443")

@@ -45,6 +45,7 @@ pytestmark = [
     pytest.mark.anyio,
     # arq 0.28's Worker.close() calls redis' deprecated close(); that is arq's, not ours to fail on
     pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
+    pytest.mark.usefixtures("close_http_action"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ from ingest.app import build_app
 from journeys.config import Config, Policies
 from tests.engine.runtime_helpers import T0, deploy, drain, engine_for, ev, journey, put, rows
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("close_http_action")]
 
 CALL = """
 journey: ticket
