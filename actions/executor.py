@@ -357,10 +357,13 @@ class Executor:
             await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP client, if a job opened one."""
+        """Close the HTTP clients jobs opened (``ctx.http``, and the http action's own on this loop)."""
+        from actions.http import close as close_http_action
+
         if self.http is not None:
             await self.http.aclose()
             self.http = None
+        await close_http_action()
 
 
 def _insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> None:

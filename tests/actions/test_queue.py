@@ -164,9 +164,7 @@ async def run_burst(executors: Sequence[Executor], url: str, only: str | None = 
         for w in running:
             await w.close()
         for ex in executors:
-            if ex.http is not None:
-                await ex.http.aclose()
-                ex.http = None
+            await ex.close()
 
 
 async def work_off(db: Database, redis: ArqRedis, url: str, executors: Sequence[Executor], now: datetime,
