@@ -297,9 +297,14 @@ class Process:
     proc: subprocess.Popen[bytes] | None = None
     problems: list[str] = field(default_factory=list)
 
-    def start(self) -> None:
+    def start(self, new_session: bool = False) -> None:
+        """Start it (in a process group of its own with *new_session*, as a terminal or a
+        container would start it: then :meth:`kill` can take its children with it)."""
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            out.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(self.args[:3])}\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=new_session)
 
     @property
     def pid(self) -> int:
@@ -323,11 +328,16 @@ class Process:
         """CPU seconds of the process and its children (serve's writer process) so far."""
         return cpu_seconds(descendants(self.pid)) if self.proc is not None else 0.0
 
-    def kill(self) -> list[int]:
-        """SIGKILL to the process alone, as the OOM killer would; returns the children it left."""
+    def kill(self, group: bool = False) -> list[int]:
+        """SIGKILL to the process alone, as the OOM killer would (or to its whole process group,
+        as a container's end would, when it was started in a session of its own); returns the
+        children it had."""
         assert self.proc is not None
         children = [p for p in descendants(self.pid) if p != self.pid]
-        self.proc.kill()
+        if group:
+            os.killpg(self.pid, signal.SIGKILL)
+        else:
+            self.proc.kill()
         self.proc.wait()
         return children
 
