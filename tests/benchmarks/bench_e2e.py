@@ -2,8 +2,9 @@
 
 Run by hand (not collected by pytest), from the repository root, with PostgreSQL and Redis up:
 
-    .venv/bin/python tests/benchmarks/bench_e2e.py                      # about 4-5 minutes on 2 cores
-    .venv/bin/python tests/benchmarks/bench_e2e.py --orders 4000 --rounds 3   # the full figures (~25 min today)
+    .venv/bin/python tests/benchmarks/bench_e2e.py                      # about 4 minutes on 2 quiet cores
+    .venv/bin/python tests/benchmarks/bench_e2e.py --rounds 3 --only throughput   # medians of 3 rounds
+    .venv/bin/python tests/benchmarks/bench_e2e.py --orders 2000        # quicker
     .venv/bin/python tests/benchmarks/bench_e2e.py --only throughput    # or webhooks, latency, burst
     .venv/bin/python tests/benchmarks/bench_e2e.py --keep               # keep the logs and SQLite files
 
@@ -18,7 +19,7 @@ afterwards. Redis: one of the databases 10 to 13 (``--redis``), locked as the te
 the databases it uses (tests/actions/conftest.py), and emptied before each run.
 
 1. Throughput, in ``--rounds`` rounds (default 1), the four side by side in each: ``--orders``
-   (default 2,000; 4,000 for the full figures) signed ``order.created`` webhooks posted by
+   (default 4,000) signed ``order.created`` webhooks posted by
    ``journeys loadtest`` from 64 connections as fast as they are acknowledged, and the time from
    its start until the receiver has every key (the last first arrival): actions per second.
 
@@ -236,7 +237,7 @@ def running(setup: str, tag: str, receiver: Receiver, tmp: Path, redis_url: str)
             if took > 10:
                 PROBLEMS.append(f"{tag}: {name} took {took:.1f} s to exit after SIGTERM")
             PROBLEMS.extend(f"{tag}: {p}" for p in process.problems)
-            PROBLEMS.extend(f"{tag}: {name} printed {n} traceback(s) ending in {line!r} (log {process.log})"
+            PROBLEMS.extend(f"{tag}: {name} printed {n} traceback(s) ending in {line!r} ({process.log.name})"
                             for line, n in Counter(process.tracebacks()).items())
         if run.database_url is not None:
             asyncio.run(drop_database(db_name))
@@ -534,7 +535,7 @@ def burst(args: argparse.Namespace, receiver: Receiver, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--orders", type=int, default=2000, help="webhooks (= actions) per throughput run")
+    parser.add_argument("--orders", type=int, default=4000, help="webhooks (= actions) per throughput run")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the throughput runs")
     parser.add_argument("--setups", default="arq,sqlite,pg1,pg2",
                         help="throughput setups in the order run: arq, sqlite, pg1, pg2 (default all)")
