@@ -237,7 +237,7 @@ def running(setup: str, tag: str, receiver: Receiver, tmp: Path, redis_url: str)
             if took > 10:
                 PROBLEMS.append(f"{tag}: {name} took {took:.1f} s to exit after SIGTERM")
             PROBLEMS.extend(f"{tag}: {p}" for p in process.problems)
-            PROBLEMS.extend(f"{tag}: {name} printed {n} traceback(s) ending in {line!r} ({process.log.name})"
+            PROBLEMS.extend(f"{tag}: {name} printed {n} traceback(s) ending in {line[:200]!r}"
                             for line, n in Counter(process.tracebacks()).items())
         if run.database_url is not None:
             asyncio.run(drop_database(db_name))
@@ -360,7 +360,7 @@ def throughput_arq(tag: str, n: int, receiver: Receiver, tmp: Path, redis_url: s
         receiver_after = cpu_seconds([receiver.proc.pid])
     finally:
         process.stop()
-        PROBLEMS.extend(process.problems)
+        PROBLEMS.extend(f"{tag}: {p}" for p in process.problems)
     records = receiver.records(tag)
     got = len(records)
     if got < n:
@@ -585,7 +585,12 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     if PROBLEMS:
         print("\nproblems seen while running:")
+        runs: dict[str, list[str]] = {}  # the same problem in several runs: once, naming the runs
         for problem in PROBLEMS:
+            tag, _, what = problem.partition(": ")
+            runs.setdefault(what, []).append(tag)
+        for what, tags in runs.items():
+            problem = f"{what} (in {', '.join(tags)}; their logs are kept with --keep)"
             print(f"  - {problem}")
     print(f"\nwhole run: {time.perf_counter() - began:.0f} s")
 
