@@ -102,6 +102,7 @@ class Sender:
 
     port: int
     acked: dict[int, float] = field(default_factory=dict)  # order -> when its 2xx came
+    acked_attempt: dict[int, float] = field(default_factory=dict)  # order -> when the attempt that got it began
     attempts: Counter[int] = field(default_factory=Counter)
     answers: Counter[str] = field(default_factory=Counter)  # status codes and error names
     refused: dict[int, int] = field(default_factory=dict)  # order -> a 4xx other than 429 (permanent)
@@ -116,6 +117,7 @@ class Sender:
         while time.time() < give_up_at:
             body, headers = order_request(n)
             self.attempts[n] += 1
+            attempt_began = time.time()
             connection = await self.pool.get()
             try:
                 status = await asyncio.wait_for(connection.post("/ingest/shop", body, headers), ATTEMPT_TIMEOUT)
@@ -130,6 +132,7 @@ class Sender:
                 self.answers[str(status)] += 1
             if 200 <= status < 300:
                 self.acked[n] = time.time()
+                self.acked_attempt[n] = attempt_began
                 return
             if 400 <= status < 500 and status != 429:
                 self.refused[n] = status
@@ -329,7 +332,8 @@ async def crash(args: argparse.Namespace, n: int, dep: Deployment, receiver: Rec
         passed_after = None
     resent = sum(sender.attempts.values()) - len(sender.attempts)
     for at in dep.restarts:
-        again = min((t for t in sender.acked.values() if t > at), default=None)
+        # an answer read after the kill may have been sent before it: count attempts begun after the start
+        again = min((sender.acked[i] for i, began_at in sender.acked_attempt.items() if began_at > at), default=None)
         print(f"serve started at {at - began:.1f} s acknowledged its first webhook "
               + (f"{again - at:.1f} s later" if again is not None else "never"))
     print("each check held from (seconds after the last restart): "
