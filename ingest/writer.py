@@ -296,7 +296,12 @@ def main() -> int:
                 log.exception("storing a group of %d requests failed", len(requests))
                 _write(sink, ("error", f"{type(exc).__name__}: {exc}"))
                 continue
-            _write(sink, ("ok", [(o.stored, o.duplicates) for o in outcomes]))
+            try:
+                _write(sink, ("ok", [(o.stored, o.duplicates) for o in outcomes]))
+            except BrokenPipeError:
+                # The server died after sending the group (kill -9): it is committed, nobody is
+                # left to tell, and the providers' resends will be counted as duplicates.
+                break
             checkpoints.after_write(conn, sum(len(r.items) for r in requests))
     finally:
         checkpoints.close()
