@@ -37,7 +37,6 @@ import httpx
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actions import registry
 from actions.base import ActionContext, ActionError
@@ -78,6 +77,9 @@ class ExecutorSettings:
     lease: timedelta = timedelta(seconds=9)
 
 
+ROW_LOCK_CONNECTIONS = 10  # below the pool's size (database.connect: 10, and 20 more on demand)
+
+
 class Executor:
     def __init__(self, db: Database, config: Config, templates: TemplateStore, worker_id: str,
                  settings: ExecutorSettings | None = None,
@@ -96,6 +98,9 @@ class Executor:
         self.outcomes = OutcomeWriter(db, worker_id, written)
         self.waker = Waker()
         self._held: set[str] = set()  # claimed and not yet written: what the heartbeat renews
+        # PostgreSQL: a send holds a pooled connection (its contact's row lock) while the provider
+        # answers; at most this many at once, so the others wait here, not for the pool's timeout
+        self._row_locks = asyncio.Semaphore(ROW_LOCK_CONNECTIONS)
 
     def wake(self) -> None:
         """New jobs may be due (the engine wrote some): look now rather than at the next poll."""
@@ -115,36 +120,35 @@ class Executor:
                 query = query.where(jobs.c.id.in_(list(ids)))
             if (await look.execute(query.limit(1))).first() is None:
                 return []
-        async with self.db.write.begin() as conn:
-            query = select(jobs.c.id).where(due | stale)
-            if ids is not None:
-                query = query.where(jobs.c.id.in_(list(ids)))
-            query = query.order_by((jobs.c.priority == "marketing"), jobs.c.next_attempt_at).limit(
-                limit or self.settings.batch_size)
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            chosen = await in_order([r.id for r in await conn.execute(query)], conn)
-            if not chosen:
-                return []
-            result = await conn.execute(
-                update(jobs).where(jobs.c.id.in_(chosen), due | stale)
-                .values(status="running", claimed_by=self.worker_id, updated_at=now,
-                        lease_until=now + self.settings.lease)
-                .returning(*jobs.c)
-            )
-            claimed = list(result.all())
+        claimed = await self.db.transaction(self._claim, now, ids, limit or self.settings.batch_size)
         self._held.update(j.id for j in claimed)
         return claimed
+
+    def _claim(self, conn: Connection, now: datetime, ids: Sequence[str] | None, limit: int) -> list[Any]:
+        due = (jobs.c.status == "pending") & (jobs.c.next_attempt_at <= now)
+        stale = (jobs.c.status == "running") & (jobs.c.lease_until < now)
+        query = select(jobs.c.id).where(due | stale)
+        if ids is not None:
+            query = query.where(jobs.c.id.in_(list(ids)))
+        query = query.order_by((jobs.c.priority == "marketing"), jobs.c.next_attempt_at).limit(limit)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        chosen = in_order([r.id for r in conn.execute(query)], conn)
+        if not chosen:
+            return []
+        result = conn.execute(
+            update(jobs).where(jobs.c.id.in_(chosen), due | stale)
+            .values(status="running", claimed_by=self.worker_id, updated_at=now,
+                    lease_until=now + self.settings.lease)
+            .returning(*jobs.c)
+        )
+        return list(result.all())
 
     async def _renew(self) -> None:
         """The heartbeat: our claims stay ours while we live."""
         if not self._held:
             return
-        now = self.clock()
-        async with self.db.write.begin() as conn:
-            await conn.execute(update(jobs).where(jobs.c.id.in_(sorted(self._held)),
-                                                  jobs.c.claimed_by == self.worker_id, jobs.c.status == "running")
-                               .values(lease_until=now + self.settings.lease))
+        await self.db.transaction(_renew, sorted(self._held), self.worker_id, self.clock() + self.settings.lease)
 
     # -- running -----------------------------------------------------------------
 
@@ -271,7 +275,7 @@ class Executor:
             return await self._run(job, policy, now, action, ctx)
         # Another process's opt-out takes the row FOR UPDATE: hold it FOR SHARE until the
         # provider answered, and read the suppressions again under it.
-        async with self.db.write.connect() as conn, conn.begin():
+        async with self._row_locks, self.db.write.connect() as conn, conn.begin():
             await conn.execute(select(contacts.c.id).where(contacts.c.id == contact.id).with_for_update(read=True))
             await conn.run_sync(read_suppressions, scene, [contact.id])
             if channel in scene.suppressed.get(contact.id, ()):
@@ -316,8 +320,7 @@ class Executor:
                          "instance_id": job.instance_id, "contact_id": scene.contact_id_of(job), "job_id": job.id,
                          "created_at": now, "updated_at": now})
         if rows:
-            async with self.db.write.begin() as conn:
-                await conn.run_sync(_insert_messages, rows)
+            await self.db.transaction(_insert_messages, rows)
 
     # -- the loop ----------------------------------------------------------------
 
@@ -366,19 +369,24 @@ class Executor:
         await close_http_action()
 
 
+def _renew(conn: Connection, held: list[str], worker_id: str, until: datetime) -> None:
+    conn.execute(update(jobs).where(jobs.c.id.in_(held), jobs.c.claimed_by == worker_id, jobs.c.status == "running")
+                 .values(lease_until=until))
+
+
 def _insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> None:
     insert = postgresql.insert(messages) if conn.dialect.name == "postgresql" else sqlite.insert(messages)
     conn.execute(insert.on_conflict_do_nothing(), rows)
 
 
-async def in_order(candidates: list[str], conn: AsyncConnection) -> list[str]:
+def in_order(candidates: list[str], conn: Connection) -> list[str]:
     """The candidates whose earlier siblings (jobs one instance wrote before them) are finished
     or claimed with them: an instance's jobs run in the order the journey wrote them, through
     any executor, even while an earlier one waits for a retry."""
     if not candidates:
         return []
     instance_ids = {_order(c)[0] for c in candidates}
-    unfinished = [r.id for r in await conn.execute(
+    unfinished = [r.id for r in conn.execute(
         select(jobs.c.id).where(jobs.c.instance_id.in_(instance_ids), jobs.c.status.in_(["pending", "running"])))]
     chosen = set(candidates)
     blocked: set[str] = set()

@@ -183,8 +183,7 @@ class OutcomeWriter:
                     future.set_result(item.job.id in written)
 
     async def _commit(self, group: list[Finished]) -> set[str]:
-        async with self.db.write.begin() as conn:
-            written = await conn.run_sync(write_outcomes, self.worker_id, group)
+        written = await self.db.transaction(write_outcomes, self.worker_id, group)
         if self.written is not None and any(f.verdict.status == DEAD or (f.verdict.outcome and f.verdict.outcome.emit)
                                             for f in written):
             self.written()

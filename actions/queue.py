@@ -33,6 +33,7 @@ from typing import Any
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker, func
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 
 from actions.executor import Executor, in_order
 from engine.db.database import Database
@@ -74,34 +75,40 @@ async def relay_once(db: Database, redis: ArqRedis, now: datetime, limit: int = 
     room = {kind: MAX_QUEUED - await redis.zcard(queue) for kind, queue in QUEUES.items()}
     if all(free <= 0 for free in room.values()):
         return 0
-    waiting = (jobs.c.claimed_by.is_(None)) | (jobs.c.lease_until < now)
-    due = (jobs.c.status == "pending") & (jobs.c.next_attempt_at <= now) & waiting
-    stale = (jobs.c.status == "running") & (jobs.c.lease_until < now)
-    async with db.write.begin() as conn:
-        rows = (await conn.execute(select(jobs.c.id, jobs.c.priority).where(due | stale)
-                                   .order_by(jobs.c.priority == "marketing", jobs.c.next_attempt_at)
-                                   .limit(limit))).all()
-        ready = set(await in_order([r.id for r in rows], conn))
-        batches: dict[str, list[list[str]]] = {kind: [] for kind in QUEUES}
-        for row in rows:
-            if row.id not in ready:
-                continue
-            kind = row.priority if row.priority in QUEUES else "transactional"
-            queue = batches[kind]
-            if not queue or len(queue[-1]) >= BATCH:
-                if len(queue) >= room[kind]:
-                    continue  # this queue is full: the rest waits here
-                queue.append([])
-            queue[-1].append(row.id)
-        chosen = [i for queue in batches.values() for batch in queue for i in batch]
-        if not chosen:
-            return 0
-        await conn.execute(update(jobs).where(jobs.c.id.in_(chosen), due | stale).values(
-            status="pending", claimed_by=RELAY, lease_until=now + hold, updated_at=now))
+    batches = await db.transaction(_choose, now, limit, hold, room)
+    if not any(batches.values()):
+        return 0
     for kind, queue in batches.items():
         for batch in queue:
             await redis.enqueue_job(FUNCTION, batch, _queue_name=QUEUES[kind])
-    return len(chosen)
+    return sum(len(batch) for queue in batches.values() for batch in queue)
+
+
+def _choose(conn: Connection, now: datetime, limit: int, hold: timedelta,
+            room: dict[str, int]) -> dict[str, list[list[str]]]:
+    """The due jobs to hand over now, in batches per queue, marked as handed over."""
+    waiting = (jobs.c.claimed_by.is_(None)) | (jobs.c.lease_until < now)
+    due = (jobs.c.status == "pending") & (jobs.c.next_attempt_at <= now) & waiting
+    stale = (jobs.c.status == "running") & (jobs.c.lease_until < now)
+    rows = conn.execute(select(jobs.c.id, jobs.c.priority).where(due | stale)
+                        .order_by(jobs.c.priority == "marketing", jobs.c.next_attempt_at).limit(limit)).all()
+    ready = set(in_order([r.id for r in rows], conn))
+    batches: dict[str, list[list[str]]] = {kind: [] for kind in QUEUES}
+    for row in rows:
+        if row.id not in ready:
+            continue
+        kind = row.priority if row.priority in QUEUES else "transactional"
+        queue = batches[kind]
+        if not queue or len(queue[-1]) >= BATCH:
+            if len(queue) >= room[kind]:
+                continue  # this queue is full: the rest waits here
+            queue.append([])
+        queue[-1].append(row.id)
+    chosen = [i for queue in batches.values() for batch in queue for i in batch]
+    if chosen:
+        conn.execute(update(jobs).where(jobs.c.id.in_(chosen), due | stale).values(
+            status="pending", claimed_by=RELAY, lease_until=now + hold, updated_at=now))
+    return batches
 
 
 async def relay(db: Database, url: str, stop: asyncio.Event, clock: Callable[[], datetime] = lambda: datetime.now(UTC),

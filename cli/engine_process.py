@@ -3,9 +3,12 @@
 Webhooks come first: a provider must get its answer at once whatever the journeys are
 doing. In the server's process the engine, the timers and the executor took the event
 loop and the core from the requests whenever both were busy. Here they run in a child
-process at a lower CPU priority (nice 10): when the machine is busy, the kernel gives the
-webhook path the cores and journey work lags; the events table is the buffer, and the
-child catches up when the burst is over.
+process at the lowest CPU priority (Linux's SCHED_IDLE: it runs on CPU time nobody else
+wants; elsewhere nice 10): when the machine is busy, the kernel gives the webhook path the
+cores and journey work lags; the events table is the buffer, and the child catches up when
+the burst is over. On SQLite it also lets the webhook writer go first at the database's one
+write lock (engine.db.sendlocks.WebhookTurn), and writes each transaction in one go from a
+thread (Database.transaction), so a starved transaction does not hold the lock for long.
 
 The child is woken rather than polling: after every group commit that stored new events
 the server sends it SIGUSR1 (signals do not queue, so a burst of them costs one wake-up),
@@ -109,6 +112,10 @@ def child(folder: Path) -> int:
     from journeys.deployment import load_deployment
 
     os.nice(NICE)
+    if hasattr(os, "SCHED_IDLE"):
+        # Linux: run only on CPU time nobody else wants (before any thread starts: threads
+        # inherit it). Nice 10 alone still took a tenth of a busy core from the webhooks.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us, after draining its requests
     logs()
     deployment = load_deployment(str(folder))

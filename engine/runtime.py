@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from engine.compiled import CompiledJourney
 from engine.db.database import Database
@@ -174,73 +174,75 @@ class Engine:
     # -- claiming ----------------------------------------------------------------
 
     async def claim(self, now: datetime) -> list[Any]:
-        size = self.settings.batch_size
         # A look without the write lock first: an idle engine must not take SQLite's one write
         # lock away from webhook commits several times a second to find nothing.
         async with self.db.read.connect() as look:
             if (await look.execute(select(events.c.seq).where(events.c.status == "pending").limit(1))).first() is None:
                 return []
-        async with self.db.write.begin() as conn:
-            scan = await conn.execute(
-                select(events.c.seq, events.c.partition_key, events.c.claimed_by, events.c.lease_until,
-                       events.c.not_before)
-                .where(events.c.status == "pending").order_by(events.c.seq).limit(size * 4)
+        return await self.db.transaction(self._claim, now)
+
+    def _claim(self, conn: Connection, now: datetime) -> list[Any]:
+        size = self.settings.batch_size
+        scan = conn.execute(
+            select(events.c.seq, events.c.partition_key, events.c.claimed_by, events.c.lease_until,
+                   events.c.not_before)
+            .where(events.c.status == "pending").order_by(events.c.seq).limit(size * 4)
+        )
+        blocked: set[str] = set()
+        chosen: list[tuple[int, str]] = []
+        for r in scan:
+            if r.partition_key in blocked:
+                continue
+            lease = _aware(r.lease_until)
+            leased = r.claimed_by not in (None, self.worker_id) and lease is not None and lease > now
+            not_before = _aware(r.not_before)
+            if leased or (not_before is not None and not_before > now):
+                blocked.add(r.partition_key)  # later events of it must wait their turn
+                continue
+            chosen.append((r.seq, r.partition_key))
+            if len(chosen) >= size:
+                break
+        if not chosen:
+            return []
+        if conn.dialect.name == "postgresql":
+            # SQLite serializes claimers with BEGIN IMMEDIATE; PostgreSQL needs a lock per
+            # partition, held to our commit, and then a fresh look at the leases: a claimer
+            # that committed after our scan is visible now, and one that did not is waiting
+            # for our locks.
+            keys = sorted({p for _, p in chosen})
+            locked = conn.execute(
+                # the schema is part of the key: deployments sharing a database do not block each other
+                text("SELECT k FROM unnest(CAST(:keys AS text[])) AS k "
+                     "WHERE pg_try_advisory_xact_lock(hashtext(current_schema() || ':' || k))"),
+                {"keys": keys},
             )
-            blocked: set[str] = set()
-            chosen: list[tuple[int, str]] = []
-            for r in scan:
-                if r.partition_key in blocked:
-                    continue
-                lease = _aware(r.lease_until)
-                leased = r.claimed_by not in (None, self.worker_id) and lease is not None and lease > now
-                not_before = _aware(r.not_before)
-                if leased or (not_before is not None and not_before > now):
-                    blocked.add(r.partition_key)  # later events of it must wait their turn
-                    continue
-                chosen.append((r.seq, r.partition_key))
-                if len(chosen) >= size:
-                    break
+            mine = {r.k for r in locked}
+            taken = conn.execute(
+                select(events.c.partition_key).distinct().where(
+                    events.c.partition_key.in_(sorted(mine)),
+                    events.c.status == "pending",
+                    events.c.claimed_by.is_not(None),
+                    events.c.claimed_by != self.worker_id,
+                    events.c.lease_until >= now,
+                )
+            )
+            mine -= {r.partition_key for r in taken}
+            chosen = [(s, p) for s, p in chosen if p in mine]
             if not chosen:
                 return []
-            if conn.dialect.name == "postgresql":
-                # SQLite serializes claimers with BEGIN IMMEDIATE; PostgreSQL needs a lock per
-                # partition, held to our commit, and then a fresh look at the leases: a claimer
-                # that committed after our scan is visible now, and one that did not is waiting
-                # for our locks.
-                keys = sorted({p for _, p in chosen})
-                locked = await conn.execute(
-                    # the schema is part of the key: deployments sharing a database do not block each other
-                    text("SELECT k FROM unnest(CAST(:keys AS text[])) AS k "
-                         "WHERE pg_try_advisory_xact_lock(hashtext(current_schema() || ':' || k))"),
-                    {"keys": keys},
-                )
-                mine = {r.k for r in locked}
-                taken = await conn.execute(
-                    select(events.c.partition_key).distinct().where(
-                        events.c.partition_key.in_(sorted(mine)),
-                        events.c.status == "pending",
-                        events.c.claimed_by.is_not(None),
-                        events.c.claimed_by != self.worker_id,
-                        events.c.lease_until >= now,
-                    )
-                )
-                mine -= {r.partition_key for r in taken}
-                chosen = [(s, p) for s, p in chosen if p in mine]
-                if not chosen:
-                    return []
-            result = await conn.execute(
-                update(events)
-                .where(
-                    events.c.seq.in_([s for s, _ in chosen]),
-                    events.c.status == "pending",
-                    or_(events.c.lease_until.is_(None), events.c.lease_until < now,
-                        events.c.claimed_by == self.worker_id),
-                )
-                .values(claimed_by=self.worker_id, lease_until=now + self.settings.lease,
-                        attempts=events.c.attempts + 1)
-                .returning(*events.c)
+        result = conn.execute(
+            update(events)
+            .where(
+                events.c.seq.in_([s for s, _ in chosen]),
+                events.c.status == "pending",
+                or_(events.c.lease_until.is_(None), events.c.lease_until < now,
+                    events.c.claimed_by == self.worker_id),
             )
-            return sorted(result.all(), key=lambda r: r.seq)
+            .values(claimed_by=self.worker_id, lease_until=now + self.settings.lease,
+                    attempts=events.c.attempts + 1)
+            .returning(*events.c)
+        )
+        return sorted(result.all(), key=lambda r: r.seq)
 
     async def release(self) -> int:
         """Give back this engine's claims (clean shutdown): nothing half-done stays claimed."""
@@ -253,11 +255,11 @@ class Engine:
 
     # -- loading -----------------------------------------------------------------
 
-    async def _load(self, conn: AsyncConnection, evs: list[Event]) -> Batch:
+    def _load(self, conn: Connection, evs: list[Event]) -> Batch:
         batch = Batch()
         contact_ids = {e.contact_id for e in evs if e.contact_id}
         if contact_ids:
-            for r in await conn.execute(select(contacts).where(contacts.c.id.in_(contact_ids))):
+            for r in conn.execute(select(contacts).where(contacts.c.id.in_(contact_ids))):
                 batch.contacts[r.id] = Contact(r.id, r.phone, r.email, r.timezone, r.locale,
                                                MappingProxyType(dict(r.attributes or {})))
         message_ids = {e.message_id for e in evs if e.message_id}
@@ -270,7 +272,7 @@ class Engine:
                 cond.append(messages.c.provider_message_id.in_(provider_ids))
             query = select(messages.c.id, messages.c.instance_id, messages.c.status, messages.c.provider,
                            messages.c.provider_message_id).where(or_(*cond))
-            for r in await conn.execute(query):
+            for r in conn.execute(query):
                 batch.messages[r.id] = _Message(r.id, r.instance_id, r.status)
                 if r.provider_message_id:
                     batch.by_provider_id[(r.provider, r.provider_message_id)] = r.id
@@ -300,7 +302,7 @@ class Engine:
             conds.append(and_(instances.c.journey.in_(contact_journeys), instances.c.contact_id.in_(contact_ids),
                               instances.c.status == "active"))
         if conds:
-            for r in await conn.execute(select(instances).where(or_(*conds))):
+            for r in conn.execute(select(instances).where(or_(*conds))):
                 instance = instance_from_row(r)
                 batch.instances[instance.id] = instance
                 if instance.active:
@@ -310,7 +312,7 @@ class Engine:
                      .where(tuple_(instances.c.journey, instances.c.subject).in_(sorted(pairs)),
                             instances.c.status != "active")
                      .group_by(instances.c.journey, instances.c.subject))
-            for r in await conn.execute(query):
+            for r in conn.execute(query):
                 batch.history[(r[0], r[1])] = History(int(r[2]), _aware(r[3]))
         return batch
 
@@ -427,10 +429,10 @@ class Engine:
 
     # -- writing -----------------------------------------------------------------
 
-    def _insert(self, conn: AsyncConnection, table: Any) -> Any:
+    def _insert(self, conn: Connection, table: Any) -> Any:
         return (postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table))
 
-    async def _flush(self, conn: AsyncConnection, batch: Batch, now: datetime) -> None:
+    def _flush(self, conn: Connection, batch: Batch, now: datetime) -> None:
         # Updates first: an instance that ended in this batch must leave the "one active per
         # subject" index before the one that replaces it is inserted.
         changed = batch.changed_instances - batch.new_instances
@@ -438,23 +440,23 @@ class Engine:
             values = [{"b_id": i, **{k: v for k, v in instance_values(batch.instances[i], now).items() if k != "id"}}
                       for i in sorted(changed)]
             cols: dict[str, Any] = {k: bindparam(k) for k in values[0] if k != "b_id"}
-            await conn.execute(update(instances).where(instances.c.id == bindparam("b_id")).values(cols), values)
+            conn.execute(update(instances).where(instances.c.id == bindparam("b_id")).values(cols), values)
         if batch.new_instances:
-            await conn.execute(instances.insert(),
+            conn.execute(instances.insert(),
                                [instance_values(batch.instances[i], now) for i in sorted(batch.new_instances)])
         if batch.steps:
-            await conn.execute(steps.insert(), batch.steps)
+            conn.execute(steps.insert(), batch.steps)
         # Inserts first: a timer set and cancelled within this batch must end cancelled.
         if batch.timers:
-            await conn.execute(self._insert(conn, timers).on_conflict_do_nothing(index_elements=["id"]), batch.timers)
+            conn.execute(self._insert(conn, timers).on_conflict_do_nothing(index_elements=["id"]), batch.timers)
         if batch.cancelled:
-            await conn.execute(update(timers).where(timers.c.id.in_(batch.cancelled), timers.c.status == "pending")
+            conn.execute(update(timers).where(timers.c.id.in_(batch.cancelled), timers.c.status == "pending")
                                .values(status="cancelled"))
         if batch.jobs:
-            await conn.execute(self._insert(conn, jobs).on_conflict_do_nothing(index_elements=["id"]), batch.jobs)
+            conn.execute(self._insert(conn, jobs).on_conflict_do_nothing(index_elements=["id"]), batch.jobs)
             self._wrote_jobs = True
         for message_id, status in batch.message_status.items():
-            await conn.execute(update(messages).where(messages.c.id == message_id)
+            conn.execute(update(messages).where(messages.c.id == message_id)
                                .values(status=status, updated_at=now))
         if batch.done:
             done: dict[str, Any] = {
@@ -464,16 +466,16 @@ class Engine:
             }
             if not self.settings.keep_bodies:
                 done["text"] = None  # the journeys have seen it; the log keeps only what they need
-            await conn.execute(update(events).where(events.c.seq == bindparam("b_seq")).values(done), batch.done)
+            conn.execute(update(events).where(events.c.seq == bindparam("b_seq")).values(done), batch.done)
 
-    async def _fence(self, conn: AsyncConnection, rows: Sequence[Any], now: datetime) -> list[Any]:
+    def _fence(self, conn: Connection, rows: Sequence[Any], now: datetime) -> list[Any]:
         """Renew our claims inside the writing transaction, and keep only what we still hold.
 
         The rows stay locked to our commit, so a successor whose claim comes after waits and
         then finds them done; if a successor took some already (we stalled past the lease),
         their whole partition is left to it, and nothing of it is applied twice or out of order.
         """
-        held = await conn.execute(
+        held = conn.execute(
             update(events)
             .where(events.c.seq.in_([r.seq for r in rows]), events.c.claimed_by == self.worker_id,
                    events.c.status == "pending")
@@ -488,34 +490,36 @@ class Engine:
 
     async def _process(self, rows: Sequence[Any], now: datetime) -> tuple[int, int]:
         """Decide and write *rows* in one transaction; returns (processed, deferred)."""
+        return await self.db.transaction(self._process_in, rows, now)
+
+    def _process_in(self, conn: Connection, rows: Sequence[Any], now: datetime) -> tuple[int, int]:
         deferred: list[Any] = []
-        async with self.db.write.begin() as conn:
-            rows = await self._fence(conn, rows, now)
-            evs = [event_from_row(r) for r in rows]
-            batch = await self._load(conn, evs)
-            waiting: set[str] = set()
-            for row, event in zip(rows, evs, strict=True):
-                if row.partition_key in waiting:
-                    deferred.append(row)
-                    continue
-                try:
-                    self._apply(batch, row, now, event)
-                except Deferred:
-                    waiting.add(row.partition_key)
-                    deferred.append(row)
-                except Exception as exc:  # a poison event: quarantine it, the rest flow on
-                    batch.done.append({"b_seq": row.seq, "status": "quarantined", "outcome": None,
-                                       "error": _describe(exc), "processed_at": now,
-                                       "message_id": row.message_id})
-                    log.exception("event %s quarantined", row.id)
-            await self._flush(conn, batch, now)
-            if deferred:
-                retry_at = now + timedelta(seconds=1)
-                await conn.execute(
-                    update(events).where(events.c.seq.in_([r.seq for r in deferred]))
-                    .values(claimed_by=None, lease_until=None,
-                            not_before=retry_at)
-                )
+        rows = self._fence(conn, rows, now)
+        evs = [event_from_row(r) for r in rows]
+        batch = self._load(conn, evs)
+        waiting: set[str] = set()
+        for row, event in zip(rows, evs, strict=True):
+            if row.partition_key in waiting:
+                deferred.append(row)
+                continue
+            try:
+                self._apply(batch, row, now, event)
+            except Deferred:
+                waiting.add(row.partition_key)
+                deferred.append(row)
+            except Exception as exc:  # a poison event: quarantine it, the rest flow on
+                batch.done.append({"b_seq": row.seq, "status": "quarantined", "outcome": None,
+                                   "error": _describe(exc), "processed_at": now,
+                                   "message_id": row.message_id})
+                log.exception("event %s quarantined", row.id)
+        self._flush(conn, batch, now)
+        if deferred:
+            retry_at = now + timedelta(seconds=1)
+            conn.execute(
+                update(events).where(events.c.seq.in_([r.seq for r in deferred]))
+                .values(claimed_by=None, lease_until=None,
+                        not_before=retry_at)
+            )
         return len(rows) - len(deferred), len(deferred)
 
     async def run_once(self) -> int:

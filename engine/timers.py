@@ -14,13 +14,14 @@ from datetime import datetime
 from types import MappingProxyType
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 
 from engine.db.database import Database
 from engine.db.schema import instances, timers
 from engine.events import Event
 from engine.loops import repeat
 from engine.runtime import utcnow
-from engine.store import store_events
+from engine.store import store_events_sync
 from journeys.events import TIMER_FIRED
 
 log = logging.getLogger("journeys.timers")
@@ -33,31 +34,34 @@ async def fire_due(db: Database, now: datetime, limit: int = 1000) -> int:
         if (await look.execute(select(timers.c.id).where(timers.c.status == "pending", timers.c.due_at <= now)
                                .limit(1))).first() is None:
             return 0
-    async with db.write.begin() as conn:
-        rows = (await conn.execute(
-            select(timers, instances.c.contact_id)
-            .join(instances, instances.c.id == timers.c.instance_id, isouter=True)
-            .where(timers.c.status == "pending", timers.c.due_at <= now)
-            .order_by(timers.c.due_at).limit(limit)
-        )).all()
-        if not rows:
-            return 0
-        batch = [
-            Event(
-                id=f"timer:{r.id}",
-                type=TIMER_FIRED,
-                occurred_at=r.due_at,
-                source="timer",
-                provider_event_id=r.id,
-                contact_id=r.contact_id,
-                data=MappingProxyType({"instance_id": r.instance_id, "state": r.state, "seq": r.seq, "index": r.idx,
-                                       "timer_id": r.id, "delay": r.delay}),
-            )
-            for r in rows
-        ]
-        await store_events(conn, batch, now)
-        await conn.execute(update(timers).where(timers.c.id.in_([r.id for r in rows])).values(status="fired"))
-        return len(rows)
+    return await db.transaction(_fire, now, limit)
+
+
+def _fire(conn: Connection, now: datetime, limit: int) -> int:
+    rows = conn.execute(
+        select(timers, instances.c.contact_id)
+        .join(instances, instances.c.id == timers.c.instance_id, isouter=True)
+        .where(timers.c.status == "pending", timers.c.due_at <= now)
+        .order_by(timers.c.due_at).limit(limit)
+    ).all()
+    if not rows:
+        return 0
+    batch = [
+        Event(
+            id=f"timer:{r.id}",
+            type=TIMER_FIRED,
+            occurred_at=r.due_at,
+            source="timer",
+            provider_event_id=r.id,
+            contact_id=r.contact_id,
+            data=MappingProxyType({"instance_id": r.instance_id, "state": r.state, "seq": r.seq, "index": r.idx,
+                                   "timer_id": r.id, "delay": r.delay}),
+        )
+        for r in rows
+    ]
+    store_events_sync(conn, batch, now)
+    conn.execute(update(timers).where(timers.c.id.in_([r.id for r in rows])).values(status="fired"))
+    return len(rows)
 
 
 async def run(db: Database, stop: asyncio.Event, clock: Callable[[], datetime] = utcnow,

@@ -268,7 +268,10 @@ def _write(stream: BinaryIO, message: Any) -> None:
 
 def main() -> int:
     """The child: ``python -m ingest.writer``, started by WriterProcess."""
+    from sqlalchemy.engine import make_url
+
     from engine.db.database import Checkpoints, sqlite_writer
+    from engine.db.sendlocks import WebhookTurn
     from ingest.group import write_group
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -285,12 +288,13 @@ def main() -> int:
     engine = sqlite_writer(url)
     conn = engine.connect()  # kept: a connection per group costs a pool round trip and a rollback
     checkpoints = Checkpoints(url, checkpoint_every)
+    turn = WebhookTurn(make_url(url).database or "")
     try:
         while (message := _read(source)) is not None:
             encoded, now = message
             requests = [_decode(r) for r in encoded]
             try:
-                with conn.begin():
+                with turn.writing(), conn.begin():  # journey work waits meanwhile (sendlocks.WebhookTurn)
                     outcomes = write_group(conn, requests, now, policies)
             except Exception as exc:  # the server answers 503; the provider will retry
                 log.exception("storing a group of %d requests failed", len(requests))
@@ -304,6 +308,7 @@ def main() -> int:
                 break
             checkpoints.after_write(conn, sum(len(r.items) for r in requests))
     finally:
+        turn.close()
         checkpoints.close()
         conn.close()
         engine.dispose()

@@ -9,25 +9,29 @@ tests) goes into the search path.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import SingletonThreadPool
 
+from engine.db.sendlocks import WebhookTurn
 from journeys.errors import ConfigError
 
 DEFAULT_FILE = "journeys.db"
 BUSY_TIMEOUT_MS = 10_000
 log = logging.getLogger("journeys.db")
+T = TypeVar("T")
 
 POLL = 0.0005  # seconds between tries for SQLite's write lock, where a connection polls for it
 
@@ -89,6 +93,10 @@ class Database:
     write: AsyncEngine
     read: AsyncEngine
     schema: str | None = None  # PostgreSQL: the schema every table lives in (tests, shared databases)
+    # SQLite: the thread and synchronous engine of transaction(), made on first use
+    _thread: concurrent.futures.ThreadPoolExecutor | None = field(default=None, repr=False)
+    _sync: Engine | None = field(default=None, repr=False)
+    _turn: WebhookTurn | None = field(default=None, repr=False)
 
     @property
     def dialect(self) -> str:
@@ -103,10 +111,45 @@ class Database:
         assert self.is_sqlite
         return sqlite_writer(self.url)
 
+    async def transaction(self, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work(conn, *args)`` in one write transaction, and return what it returns.
+
+        On SQLite the whole transaction runs in a thread of its own, on a synchronous connection:
+        through aiosqlite every statement is a hand-off to the driver's thread and back through
+        the event loop, and SQLite's one write lock is held meanwhile. In a process whose event
+        loop is busy or whose priority is low (``serve``'s engine process), those hand-offs
+        stretched a few milliseconds of work into tens or hundreds, and every webhook commit
+        waited for them. On PostgreSQL, the async engine's connection runs it."""
+        if not self.is_sqlite:
+            async with self.write.begin() as conn:
+                return await conn.run_sync(work, *args)
+        if self._thread is None:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journeys-db-writer")
+            self._sync = _sqlite_thread_engine(self.url)
+            self._turn = WebhookTurn(self.url.database or "")
+        assert self._turn is not None
+        await self._turn.wait_for_webhooks()  # webhooks go first (sendlocks.WebhookTurn)
+
+        def run() -> T:
+            assert self._sync is not None
+            with self._sync.begin() as conn:
+                return work(conn, *args)
+
+        return await asyncio.wrap_future(self._thread.submit(run))
+
     async def dispose(self) -> None:
         await self.write.dispose()
         if self.read is not self.write:
             await self.read.dispose()
+        thread, sync = self._thread, self._sync
+        self._thread = self._sync = None
+        if thread is not None:
+            await asyncio.to_thread(thread.shutdown)
+        if sync is not None:
+            sync.dispose()
+        if self._turn is not None:
+            self._turn.close()
+            self._turn = None
 
 
 def sqlite_writer(url: URL | str) -> Engine:
@@ -120,6 +163,16 @@ def sqlite_writer(url: URL | str) -> Engine:
     engine = create_engine(make_url(url).set(drivername="sqlite+pysqlite"), poolclass=SingletonThreadPool,
                            pool_size=1)
     _sqlite_pragmas(engine, immediate=True, poll=True)
+    return engine
+
+
+def _sqlite_thread_engine(url: URL | str) -> Engine:
+    """A synchronous engine for Database.transaction: its one connection lives in one thread;
+    SQLite's busy handler waits for the lock (the thread may block), and SQLite checkpoints
+    the write-ahead log itself as usual."""
+    engine = create_engine(make_url(url).set(drivername="sqlite+pysqlite"), poolclass=SingletonThreadPool,
+                           pool_size=1)
+    _sqlite_pragmas(engine, immediate=True)
     return engine
 
 

@@ -32,7 +32,7 @@ import hashlib
 import os
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 try:
@@ -142,4 +142,73 @@ class SendLocks:
             self._fd = None
 
 
-__all__ = ["SendLocks", "lock_order"]
+
+
+class WebhookTurn:
+    """On SQLite, webhooks go first at the one write lock.
+
+    SQLite has one writer at a time and no queue: whoever asks when the lock comes free gets
+    it. Journey work (the engine, timers, executor) writes in many transactions, and each one
+    that starts while a group of webhooks waits makes the providers wait too. So the webhook
+    writer holds a byte of the lock file (past the contacts' bytes) while it writes a group,
+    and journey work, before it starts a transaction, waits while that byte is held: between
+    groups it goes on, during a burst it lags, and it never waits longer than YIELD_AT_MOST
+    for one transaction (so a steady stream of webhooks cannot stop it for good)."""
+
+    BYTE = SLOTS + 1
+    YIELD_AT_MOST = 0.25  # seconds
+
+    def __init__(self, database: str) -> None:
+        self.path = Path(database + SUFFIX) if fcntl is not None else None
+        self._fd: int | None = None
+
+    def _file(self) -> int | None:
+        if self.path is None:
+            return None
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fd
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """The webhook writer's side, around the write of a group (blocking: it waits only for
+        another process's look, which lasts microseconds)."""
+        fd = self._file()
+
+        @contextlib.contextmanager
+        def held() -> Iterator[None]:
+            if fd is None:
+                yield
+                return
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, self.BYTE)
+            try:
+                yield
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, self.BYTE)
+
+        return held()
+
+    async def wait_for_webhooks(self) -> None:
+        """Journey work's side: returns when no group of webhooks is being written, or after
+        YIELD_AT_MOST."""
+        fd = self._file()
+        if fd is None:
+            return
+        deadline = asyncio.get_running_loop().time() + self.YIELD_AT_MOST
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, self.BYTE)
+            except OSError:
+                if asyncio.get_running_loop().time() >= deadline:
+                    return
+                await asyncio.sleep(RETRY)
+                continue
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, self.BYTE)
+            return
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+__all__ = ["SendLocks", "WebhookTurn", "lock_order"]

@@ -64,6 +64,8 @@ def test_journey_work_runs_in_a_child_at_a_lower_priority(served: tuple[subproce
     _wait_for("the journey started", lambda: _instances(base, "c-p1") == [("payment-reminder", "remind")])
     [child] = _children(proc.pid, "cli.engine_process")
     assert _nice(child) - _nice(proc.pid) == NICE
+    if hasattr(os, "SCHED_IDLE"):
+        assert os.sched_getscheduler(child) == os.SCHED_IDLE  # only CPU time nobody else wants
     assert _nice(_children(proc.pid, "ingest.writer")[0]) == _nice(proc.pid)  # webhooks keep their priority
 
 

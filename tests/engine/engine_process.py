@@ -33,7 +33,7 @@ from typing import IO, Any
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from engine.db.database import connect
 from engine.runtime import Batch, Engine, EngineSettings, pending_count
@@ -55,10 +55,10 @@ class LoggingEngine(Engine):
         self.claimed_at = time.monotonic_ns()
         return rows
 
-    async def _flush(self, conn: AsyncConnection, batch: Batch, now: datetime) -> None:
+    def _flush(self, conn: Connection, batch: Batch, now: datetime) -> None:
         if self.hold:
-            await asyncio.sleep(self.hold)
-        await super()._flush(conn, batch, now)
+            time.sleep(self.hold)  # inside the transaction, in the thread (or greenlet) that runs it
+        super()._flush(conn, batch, now)
         self.flushed_at = time.monotonic_ns()
 
     async def _process(self, rows: Sequence[Any], now: datetime) -> tuple[int, int]:

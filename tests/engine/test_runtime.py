@@ -73,8 +73,8 @@ async def test_invariant_2_stored_and_processed_once(db: Database) -> None:
 class FailingFlush(Engine):
     """Our own engine with its final write made to fail after everything else was written."""
 
-    async def _flush(self, conn: Any, batch: Any, now: Any) -> None:
-        await super()._flush(conn, batch, now)
+    def _flush(self, conn: Any, batch: Any, now: Any) -> None:
+        super()._flush(conn, batch, now)
         raise RuntimeError("crash after the writes, before the commit")
 
 
