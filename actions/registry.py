@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "journeys.actions"
 
-# The actions of the journey language (SPEC.md section 2). Their inputs are described in
+# The actions of the journey language. Their inputs are described in
 # the journey schema's $defs (with_<name>); tests keep the two lists equal.
 BUILTIN_ACTIONS: tuple[str, ...] = (
     "send_sms",

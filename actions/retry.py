@@ -1,4 +1,4 @@
-"""Retry policies (SPEC.md section 2): when to try again, and whether a failure is worth it.
+"""Retry policies: when to try again, and whether a failure is worth it.
 
 Backoff is ``initial * factor**(attempt-1)``, capped at ``max``, with jitter: ``full``
 (uniform in [0, delay]), ``equal`` (delay/2 + uniform in [0, delay/2]) or ``none``. A

@@ -1,4 +1,4 @@
-"""The read-only admin API (SPEC.md section 7) and the health endpoints.
+"""The read-only admin API and the health endpoints.
 
 Lists are ``{"items": [...]}``, newest first, with ``limit`` (default 100, at most 1000).
 With ``JOURNEYS_ADMIN_TOKEN`` set, every ``/api`` route wants ``Authorization: Bearer``

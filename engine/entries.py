@@ -8,7 +8,7 @@ moves an instance then makes one call, instead of walking the compiled tables an
 building its tuples field by field in a loop.
 
 The interpreter still decides *whether* and *where* to go (guards, exits, stale events);
-an entry only builds what going there produces, as SPEC.md section 2 orders it:
+an entry only builds what going there produces, as the journey language orders it:
 
 - the source's timers are cancelled (none for a start);
 - ``do`` actions come first, then the target's ``enter`` actions, with idempotency keys

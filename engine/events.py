@@ -1,4 +1,4 @@
-"""The canonical event (SPEC.md section 5): what every provider payload becomes.
+"""The canonical event: what every provider payload becomes.
 
 Ingest builds these; the engine and ``journeys test`` consume them. ``scope()`` is the
 read-only view that journey expressions see as ``event``.

@@ -5,7 +5,7 @@ makes (instances, action keys, timers) is derived from its inputs, so the same i
 always gives the same Decision. ``journeys test``, ``journeys simulate`` and the runtime
 all call this one function.
 
-Order of rules for an active instance (SPEC.md section 2): stale timers and stale
+Order of rules for an active instance: stale timers and stale
 message statuses are ignored; the goal is noted; ``exit`` rules are tried before the
 state's own transitions; the first transition whose guard holds wins; ``do`` actions
 run before the target's ``enter`` actions. An expression that fails puts the instance

@@ -1,4 +1,4 @@
-"""The order of one message's statuses (SPEC.md section 5).
+"""The order of one message's statuses.
 
 ``sent`` < ``delivered`` < ``read``; ``failed`` ends the message. A status that does not
 move the message forward (a late ``sent`` after ``delivered``, anything after ``failed``)

@@ -1,6 +1,6 @@
 """A deployment folder and ``journeys validate``: find the files, check each, then check across.
 
-Layout (SPEC.md section 1): ``config.yaml``, ``journeys/*.yaml``, ``journeys/*.test.yaml``,
+Layout: ``config.yaml``, ``journeys/*.yaml``, ``journeys/*.test.yaml``,
 ``templates/<channel>/<name>.<ext>``. Files are classified by name: ``config.yaml`` is the
 config, ``*.test.yaml`` are tests, every other ``.yaml``/``.yml`` is a journey.
 """

@@ -20,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 MAX_EXPRESSION_LENGTH = 2_000
 MAX_TEMPLATE_LENGTH = 65_536
 
-# Names visible to each kind of expression (SPEC.md section 2).
+# Names visible to each kind of expression.
 ALL_NAMES = frozenset({"event", "contact", "vars", "instance", "journey", "now"})
 TRIGGER_NAMES = frozenset({"event", "contact", "journey", "now"})
 VARS_NAMES = frozenset({"event", "contact", "vars", "instance", "journey", "now"})

@@ -1,4 +1,4 @@
-"""The tables of ARCHITECTURE.md, one schema for SQLite and PostgreSQL.
+"""The tables, one schema for SQLite and PostgreSQL.
 
 Times are stored as timezone-aware UTC. JSON columns hold plain data only. Alembic
 migrations in ``engine/db/migrations`` create exactly these tables; a test keeps the two

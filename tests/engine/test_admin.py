@@ -1,4 +1,4 @@
-"""The admin API and the health endpoints (SPEC.md section 7), end to end: the real Litestar app
+"""The admin API and the health endpoints, end to end: the real Litestar app
 from ``build_app`` behind ``AsyncTestClient``, on a real SQLite file and a real PostgreSQL schema.
 
 Test data comes in the ways production makes it (journeys deployed, events stored with

@@ -1,4 +1,4 @@
-"""The interpreter's rules, one by one (SPEC.md section 2 and the status order of section 5)."""
+"""The interpreter's rules, one by one (the journey language and the order of message statuses)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The engine as real processes: invariants 3 and 6 of ARCHITECTURE.md across kills and peers.
+"""The engine as real processes: atomic processing and one partition at a time, in order, across kills and peers.
 
 Each test starts ``tests/engine/engine_process.py`` as separate operating-system processes
 against a real database (a SQLite file, a PostgreSQL schema), and judges only what the

@@ -1,4 +1,4 @@
-"""Property tests of the interpreter and the simulated world (SPEC.md sections 2 and 5).
+"""Property tests of the interpreter and the simulated world.
 
 Random sequences of events, drawn from what each journey mentions (its triggers, ``on``
 keys, exit and goal events, every canonical type, message statuses about messages it
@@ -282,7 +282,7 @@ def check_instance(cj: CompiledJourney, instance: Instance) -> None:
         assert instance.ended_at is not None
 
 
-# SPEC.md section 5: sent < delivered < read; failed ends the message.
+# Status order: sent < delivered < read; failed ends the message.
 ORDER = {"sent": 1, "delivered": 2, "read": 3}
 
 

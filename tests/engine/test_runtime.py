@@ -1,4 +1,4 @@
-"""The durable runtime on SQLite and PostgreSQL: invariants 2, 3, 6 and 8 of ARCHITECTURE.md,
+"""The durable runtime on SQLite and PostgreSQL: stored once, atomic, in order per partition, poison quarantined,
 timers across restarts, version pinning, waiting for messages, quarantine."""
 
 from __future__ import annotations

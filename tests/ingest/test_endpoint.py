@@ -1,5 +1,5 @@
 """POST /ingest/{source} end to end: the real app, real databases, requests signed by the
-providers' own SDKs (twilio, standardwebhooks), every status code of SPEC.md section 7."""
+providers' own SDKs (twilio, standardwebhooks), every status code the endpoint answers."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def test_payloads_verify_and_normalize(name: str, payload: dict[str, Any]) -> No
         if "provider_event_id" in want and want["provider_event_id"] and "derived_from" not in want:
             assert item.provider_event_id == want["provider_event_id"]
         if "channel" in want:
-            # MMS is SMS in the canonical channels of SPEC.md section 5
+            # MMS is SMS among the canonical channels
             assert item.channel == {"mms": "sms"}.get(want["channel"], want["channel"])
         if want.get("status"):
             assert item.status == want["status"]

@@ -2519,7 +2519,7 @@ def events() -> None:
     old_key = "whsec_" + b64(hashlib.sha256(b"journeys old app secret").digest())
 
     # Payloads per SPEC section 5: our systems' business events.
-    spec = "/work/shared/SPEC.md section 5 (events source body shape); bodies ours, signed with the official key"
+    spec = "/work/shared/the journey language (events source body shape); bodies ours, signed with the official key"
     payloads: list[dict[str, Any]] = []
 
     def add(
