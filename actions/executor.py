@@ -114,12 +114,11 @@ class Executor:
         due = (jobs.c.status == "pending") & (jobs.c.next_attempt_at <= now)
         stale = (jobs.c.status == "running") & (jobs.c.lease_until < now)
         # A look without the write lock first (see Engine.claim).
-        async with self.db.read.connect() as look:
-            query = select(jobs.c.id).where(due | stale)
-            if ids is not None:
-                query = query.where(jobs.c.id.in_(list(ids)))
-            if (await look.execute(query.limit(1))).first() is None:
-                return []
+        query = select(jobs.c.id).where(due | stale)
+        if ids is not None:
+            query = query.where(jobs.c.id.in_(list(ids)))
+        if not await self.db.reading(_any, query):
+            return []
         claimed = await self.db.transaction(self._claim, now, ids, limit or self.settings.batch_size)
         self._held.update(j.id for j in claimed)
         return claimed
@@ -169,8 +168,7 @@ class Executor:
         statuses: dict[str, str] = {}
         try:
             async with heartbeat(self._renew, self.settings.lease.total_seconds() / 3, log):
-                async with self.db.read.connect() as conn:
-                    scene = await conn.run_sync(load_scene, claimed)
+                scene = await self.db.reading(load_scene, claimed)
                 lanes: dict[str, list[Any]] = {}
                 for job in sorted(claimed, key=lambda j: _order(j.id)):
                     lanes.setdefault(scene.contact_id_of(job) or job.instance_id, []).append(job)
@@ -195,8 +193,7 @@ class Executor:
                 await stack.enter_async_context(GATES.sending(contact_id))
                 await stack.enter_async_context(self.locks.sending(contact_id))
             if senders and self.db.is_sqlite:
-                async with self.db.read.connect() as conn:
-                    await conn.run_sync(read_suppressions, scene, senders)
+                await self.db.reading(read_suppressions, scene, senders)
             yield gates
         finally:
             for stack in gates.values():
@@ -208,8 +205,7 @@ class Executor:
         try:
             for n, job in enumerate(lane):
                 if n:  # what the lane's earlier jobs changed (attributes, suppressions) counts for this one
-                    async with self.db.read.connect() as conn:
-                        scene = await conn.run_sync(load_scene, [job])
+                    scene = await self.db.reading(load_scene, [job])
                 now = self.clock()
                 policy = policy_of(job.retry)
                 try:
@@ -367,6 +363,10 @@ class Executor:
             await self.http.aclose()
             self.http = None
         await close_http_action()
+
+
+def _any(conn: Connection, query: Any) -> bool:
+    return conn.execute(query.limit(1)).first() is not None
 
 
 def _renew(conn: Connection, held: list[str], worker_id: str, until: datetime) -> None:

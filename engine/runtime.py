@@ -176,9 +176,8 @@ class Engine:
     async def claim(self, now: datetime) -> list[Any]:
         # A look without the write lock first: an idle engine must not take SQLite's one write
         # lock away from webhook commits several times a second to find nothing.
-        async with self.db.read.connect() as look:
-            if (await look.execute(select(events.c.seq).where(events.c.status == "pending").limit(1))).first() is None:
-                return []
+        if not await self.db.reading(_anything_pending):
+            return []
         return await self.db.transaction(self._claim, now)
 
     def _claim(self, conn: Connection, now: datetime) -> list[Any]:
@@ -584,6 +583,10 @@ class Engine:
         await repeat(self.run_once, stop, idle=self.settings.idle_sleep, log=log, what="engine loop",
                      waker=self.waker)
         await self.release()
+
+
+def _anything_pending(conn: Connection) -> bool:
+    return conn.execute(select(events.c.seq).where(events.c.status == "pending").limit(1)).first() is not None
 
 
 @functools.lru_cache(maxsize=1024)

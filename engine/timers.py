@@ -30,11 +30,14 @@ log = logging.getLogger("journeys.timers")
 async def fire_due(db: Database, now: datetime, limit: int = 1000) -> int:
     """Turn up to *limit* due timers into events; returns how many fired."""
     # A look without the write lock first: most passes find nothing due.
-    async with db.read.connect() as look:
-        if (await look.execute(select(timers.c.id).where(timers.c.status == "pending", timers.c.due_at <= now)
-                               .limit(1))).first() is None:
-            return 0
+    if not await db.reading(_any_due, now):
+        return 0
     return await db.transaction(_fire, now, limit)
+
+
+def _any_due(conn: Connection, now: datetime) -> bool:
+    query = select(timers.c.id).where(timers.c.status == "pending", timers.c.due_at <= now).limit(1)
+    return conn.execute(query).first() is not None
 
 
 def _fire(conn: Connection, now: datetime, limit: int) -> int:

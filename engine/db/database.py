@@ -46,7 +46,8 @@ def database_url(folder: str | Path, environ: dict[str, str] | None = None) -> s
     return f"sqlite+aiosqlite:///{path}"
 
 
-def _sqlite_pragmas(engine: Engine, *, immediate: bool, poll: bool = False) -> None:
+def _sqlite_pragmas(engine: Engine, *, immediate: bool, poll: bool = False,
+                    own_checkpoints: bool | None = None) -> None:
     """WAL and the rest for every connection of *engine*; BEGIN IMMEDIATE when *immediate*.
 
     *poll*: wait for another writer by trying BEGIN IMMEDIATE again every POLL seconds rather
@@ -64,7 +65,7 @@ def _sqlite_pragmas(engine: Engine, *, immediate: bool, poll: bool = False) -> N
         cursor.execute(f"PRAGMA busy_timeout={0 if poll else BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        if poll:
+        if poll if own_checkpoints is None else own_checkpoints:
             cursor.execute("PRAGMA wal_autocheckpoint=0")  # the ingest writer does it between commits
         cursor.close()
 
@@ -97,6 +98,7 @@ class Database:
     _thread: concurrent.futures.ThreadPoolExecutor | None = field(default=None, repr=False)
     _sync: Engine | None = field(default=None, repr=False)
     _turn: WebhookTurn | None = field(default=None, repr=False)
+    _sync_read: Engine | None = field(default=None, repr=False)
 
     @property
     def dialect(self) -> str:
@@ -123,11 +125,8 @@ class Database:
         if not self.is_sqlite:
             async with self.write.begin() as conn:
                 return await conn.run_sync(work, *args)
-        if self._thread is None:
-            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journeys-db-writer")
-            self._sync = _sqlite_thread_engine(self.url)
-            self._turn = WebhookTurn(self.url.database or "")
-        assert self._turn is not None
+        self._start_thread()
+        assert self._turn is not None and self._thread is not None
         await self._turn.wait_for_webhooks()  # webhooks go first (sendlocks.WebhookTurn)
 
         def run() -> T:
@@ -137,16 +136,46 @@ class Database:
 
         return await asyncio.wrap_future(self._thread.submit(run))
 
+    async def reading(self, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work(conn, *args)`` on a read connection, and return what it returns.
+
+        On SQLite it runs whole in the thread of :meth:`transaction`, on a synchronous connection
+        of its own that takes no write lock: a read through aiosqlite costs about three times
+        the CPU (a hand-off per statement), which the engine process pays several times per
+        batch. On PostgreSQL, the async engine's connection runs it."""
+        if not self.is_sqlite:
+            async with self.read.connect() as conn:
+                return await conn.run_sync(work, *args)
+        self._start_thread()
+        assert self._thread is not None
+
+        def run() -> T:
+            assert self._sync_read is not None
+            with self._sync_read.connect() as conn, conn.begin():
+                return work(conn, *args)
+
+        return await asyncio.wrap_future(self._thread.submit(run))
+
+    def _start_thread(self) -> None:
+        if self._thread is None:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journeys-db-writer")
+            self._sync = _sqlite_thread_engine(self.url)
+            self._sync_read = create_engine(make_url(self.url).set(drivername="sqlite+pysqlite"),
+                                            poolclass=SingletonThreadPool, pool_size=1)
+            _sqlite_pragmas(self._sync_read, immediate=False)
+            self._turn = WebhookTurn(self.url.database or "")
+
     async def dispose(self) -> None:
         await self.write.dispose()
         if self.read is not self.write:
             await self.read.dispose()
-        thread, sync = self._thread, self._sync
-        self._thread = self._sync = None
+        thread, sync, sync_read = self._thread, self._sync, self._sync_read
+        self._thread = self._sync = self._sync_read = None
         if thread is not None:
             await asyncio.to_thread(thread.shutdown)
-        if sync is not None:
-            sync.dispose()
+        for engine in (sync, sync_read):
+            if engine is not None:
+                engine.dispose()
         if self._turn is not None:
             self._turn.close()
             self._turn = None
@@ -167,12 +196,13 @@ def sqlite_writer(url: URL | str) -> Engine:
 
 
 def _sqlite_thread_engine(url: URL | str) -> Engine:
-    """A synchronous engine for Database.transaction: its one connection lives in one thread;
-    SQLite's busy handler waits for the lock (the thread may block), and SQLite checkpoints
-    the write-ahead log itself as usual."""
+    """A synchronous engine for Database.transaction: its one connection lives in one thread,
+    which polls for the write lock (SQLite's busy handler sleeps up to 100 ms at a time, and
+    this process's async write connection contends with it too); SQLite checkpoints the
+    write-ahead log itself as usual."""
     engine = create_engine(make_url(url).set(drivername="sqlite+pysqlite"), poolclass=SingletonThreadPool,
                            pool_size=1)
-    _sqlite_pragmas(engine, immediate=True)
+    _sqlite_pragmas(engine, immediate=True, poll=True, own_checkpoints=False)
     return engine
 
 
