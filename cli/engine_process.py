@@ -4,7 +4,8 @@ Webhooks come first: a provider must get its answer at once whatever the journey
 doing. In the server's process the engine, the timers and the executor took the event
 loop and the core from the requests whenever both were busy. Here they run in a child
 process at the lowest CPU priority (Linux's SCHED_IDLE: it runs on CPU time nobody else
-wants; elsewhere nice 10): when the machine is busy, the kernel gives the webhook path the
+wants; elsewhere nice 10), except on SQLite the thread that writes its transactions, which
+must not be starved while it holds the lock the webhooks wait for: when the machine is busy, the kernel gives the webhook path the
 cores and journey work lags; the events table is the buffer, and the child catches up when
 the burst is over. On SQLite it also lets the webhook writer go first at the database's one
 write lock (engine.db.sendlocks.WebhookTurn), and writes each transaction in one go from a
@@ -106,22 +107,32 @@ class EngineProcess:
                 await proc.wait()
 
 
+def _lowest_priority() -> None:
+    """This thread, and the threads it starts from now on, at the lowest CPU priority."""
+    os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + NICE)  # this thread, on Linux
+    if hasattr(os, "SCHED_IDLE"):
+        # Linux: run only on CPU time nobody else wants. Nice 10 alone still took a tenth of a
+        # busy core from the webhooks.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def child(folder: Path) -> int:
     """The child's side: the processing loops of ``journeys engine``, woken by SIGUSR1."""
     from cli.serve import logs, prepare, processing, settle
     from journeys.deployment import load_deployment
 
-    os.nice(NICE)
-    if hasattr(os, "SCHED_IDLE"):
-        # Linux: run only on CPU time nobody else wants (before any thread starts: threads
-        # inherit it). Nice 10 alone still took a tenth of a busy core from the webhooks.
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us, after draining its requests
     logs()
     deployment = load_deployment(str(folder))
 
     async def main() -> None:
         db, engine = await prepare(folder, deployment, registered=True)
+        # SQLite: the thread that writes the transactions keeps the normal priority (it holds
+        # the write lock webhooks wait for: it must not be starved meanwhile); everything the
+        # event loop does, and every thread started after this, runs at the lowest.
+        if db.is_sqlite:
+            await db.reading(lambda conn: None)
+        _lowest_priority()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, engine.wake)
