@@ -5,11 +5,12 @@ doing. In the server's process the engine, the timers and the executor took the 
 loop and the core from the requests whenever both were busy. Here they run in a child
 process at the lowest CPU priority (Linux's SCHED_IDLE: it runs on CPU time nobody else
 wants; elsewhere nice 10), except on SQLite the thread that writes its transactions, which
-must not be starved while it holds the lock the webhooks wait for: when the machine is busy, the kernel gives the webhook path the
-cores and journey work lags; the events table is the buffer, and the child catches up when
-the burst is over. On SQLite it also lets the webhook writer go first at the database's one
-write lock (engine.db.sendlocks.WebhookTurn), and writes each transaction in one go from a
-thread (Database.transaction), so a starved transaction does not hold the lock for long.
+must not be starved while it holds the lock the webhooks wait for. When the machine is
+busy, the kernel gives the webhook path the cores and journey work lags; the events table
+is the buffer, and the child catches up when the burst is over. On SQLite it also lets the
+webhook writer go first at the database's one write lock (engine.db.sendlocks.WebhookTurn),
+and writes each transaction in one go from a thread (Database.transaction), so a
+transaction holds the lock as briefly as it can.
 
 The child is woken rather than polling: after every group commit that stored new events
 the server sends it SIGUSR1 (signals do not queue, so a burst of them costs one wake-up),
