@@ -85,8 +85,11 @@ async def test_a_paced_run_spreads_the_connections_out() -> None:
                                         concurrency=10, rate=100)
     assert result.ok >= 25
     gaps = [b - a for a, b in itertools.pairwise(sent)]
-    # evenly paced: no two requests within a couple of ms of each other
-    assert min(gaps[:10]) > 0.004, gaps[:10]
+    # evenly paced: the first ten take about 90 ms and their typical gap is about 10 ms (sent all
+    # at once they would take a millisecond or two). The smallest gap is not the test: the
+    # arrival times are the receiving loop's, and a busy machine sometimes hands two at once.
+    assert sent[9] - sent[0] > 0.06, gaps[:10]
+    assert sorted(gaps[:9])[4] > 0.006, gaps[:10]
 
 
 def test_a_burst_after_the_steady_phase_sends_the_type_and_data_asked_for(
